@@ -1,0 +1,229 @@
+"""`recur data build`: corpus -> tokenizer -> shards -> audit -> manifest, re-runnable.
+
+Stages, each of which writes its outputs atomically and is skipped when its finished output exists:
+
+1. documents: fetch and unpack the Debian sources (or read --text-dir), strip markup, de-duplicate,
+   split train/val by document -> `docs/{train,val}.txt` + `docs/documents.json`.
+2. tokenizer: train SentencePiece (official spec) on the training split only -> `tokenizer.model`.
+3. shards: encode each document as `[bos] + ids` -> `{train,val}_NNNNNN.bin` (official format).
+4. audit + manifest: check the bpb byte count on val, then write `manifest.json` last. A build is
+   finished exactly when manifest.json exists and every shard matches its recorded sha256.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__
+from .bpb import audit_split
+from .corpus import (SOURCES, CorpusError, Document, deb_version, extract_deb, fetch_debs, is_val,
+                     select_documents, sha256_file, source_documents, text_dir_documents)
+from .shards import write_shard
+from .tokenizer import SPEC, encode_documents, load_tokenizer, train_tokenizer
+
+DOC_SEP = "\x1e"  # record separator between documents in docs/*.txt (never in cleaned text)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path                          # the data folder (data.root)
+    text_dir: Path | None = None       # build from these .txt files instead of Debian's archive
+    vocab_size: int = 1024
+    val_permille: int = 50             # share of documents in val, in 1/1000
+    shard_tokens: int = 10_000_000     # tokens per shard (official: 10^8)
+    tokenizer_max_bytes: int = 0       # train the tokenizer on the first N bytes of train (0 = all)
+    force: bool = False                # rebuild every stage
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def is_finished(out: Path) -> bool:
+    """True when a build's manifest exists and every shard in it matches its sha256."""
+    man = out / "manifest.json"
+    if not man.exists():
+        return False
+    try:
+        m = json.loads(man.read_text())
+        shards = [s for split in m["splits"].values() for s in split["shards"]]
+        tok = m["tokenizer"]
+        return (all((out / s["file"]).exists() and sha256_file(out / s["file"]) == s["sha256"] for s in shards)
+                and sha256_file(out / tok["file"]) == tok["sha256"])
+    except (KeyError, ValueError, OSError):
+        return False
+
+
+# -- stage 1: documents ---------------------------------------------------------------------------
+
+
+def _debian_documents(out: Path, sources_info: list[dict[str, Any]]) -> Iterator[Document]:
+    debs = fetch_debs([s.package for s in SOURCES], out / "debs")
+    for src in tqdm(SOURCES, desc="sources", unit="pkg"):
+        deb = debs[src.package]
+        root = extract_deb(deb, out / "unpacked")
+        sources_info.append({"package": src.package, "version": deb_version(deb), "deb": deb.name,
+                             "deb_sha256": sha256_file(deb), "licence": src.licence, "markup": src.markup})
+        yield from source_documents(src, root)
+
+
+def build_documents(opts: BuildOptions) -> dict[str, Any]:
+    out = opts.out
+    docs_dir = out / "docs"
+    info_path = docs_dir / "documents.json"
+    if info_path.exists() and not opts.force:
+        return json.loads(info_path.read_text())
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    sources_info: list[dict[str, Any]] = []
+    stats: dict[str, int] = {}
+    if opts.text_dir is not None:
+        raw = text_dir_documents(opts.text_dir)
+        sources_info.append({"text_dir": str(opts.text_dir), "licence": "as provided by the user"})
+    else:
+        raw = _debian_documents(out, sources_info)
+    per_source: dict[str, dict[str, int]] = {}
+    files = {s: open(docs_dir / f"{s}.txt.tmp", "w", encoding="utf-8") for s in ("train", "val")}
+    counts = {s: {"docs": 0, "bytes": 0} for s in files}
+    try:
+        for d in select_documents(raw, stats):
+            split = "val" if is_val(d.id, opts.val_permille) else "train"
+            n = len(d.text.encode("utf-8"))
+            files[split].write(d.text + DOC_SEP)
+            counts[split]["docs"] += 1
+            counts[split]["bytes"] += n
+            src = per_source.setdefault(d.id.split("/", 1)[0], {"docs": 0, "bytes": 0})
+            src["docs"] += 1
+            src["bytes"] += n
+    finally:
+        for f in files.values():
+            f.close()
+    if counts["train"]["docs"] == 0 or counts["val"]["docs"] == 0:
+        raise CorpusError(f"corpus too small to split: {counts} (need documents in both train and val)")
+    for s in files:
+        os.replace(docs_dir / f"{s}.txt.tmp", docs_dir / f"{s}.txt")
+    for info in sources_info:
+        info.update(per_source.get(info.get("package", "text"), {}))
+    info = {"sources": sources_info, "splits": counts, "filtered": stats, "val_permille": opts.val_permille,
+            "split_rule": "val iff int(sha256(doc_id)[:8], 16) % 1000 < val_permille"}
+    _atomic_write_text(info_path, json.dumps(info, indent=2))
+    return info
+
+
+def read_documents(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return [d for d in text.split(DOC_SEP) if d]
+
+
+# -- stage 2: tokenizer ---------------------------------------------------------------------------
+
+
+def build_tokenizer(opts: BuildOptions) -> Path:
+    model = opts.out / "tokenizer.model"
+    if model.exists() and not opts.force:
+        return model
+    lines_path = opts.out / "docs" / "tokenizer_train.txt"
+    budget = opts.tokenizer_max_bytes or float("inf")
+    used = 0
+    with open(lines_path, "w", encoding="utf-8") as f:
+        for doc in read_documents(opts.out / "docs" / "train.txt"):  # train split only
+            for line in doc.splitlines():
+                if line.strip():
+                    f.write(line + "\n")
+                    used += len(line) + 1
+            if used >= budget:
+                break
+    print(f"training tokenizer (vocab {opts.vocab_size}) on {used / 1e6:.1f} MB of train text ...", flush=True)
+    train_tokenizer(lines_path, model, opts.vocab_size)
+    lines_path.unlink()
+    return model
+
+
+# -- stage 3: shards -----------------------------------------------------------------------------
+
+
+def build_shards(opts: BuildOptions, split: str) -> dict[str, Any]:
+    """Encode one split into shards; returns its manifest entry."""
+    sp = load_tokenizer(opts.out / "tokenizer.model", opts.vocab_size)
+    docs = read_documents(opts.out / "docs" / f"{split}.txt")
+    for old in opts.out.glob(f"{split}_*.bin"):
+        old.unlink()  # never mix shards of two builds
+    shards, buf, n_buf, n_total, idx = [], [], 0, 0, 0
+
+    def flush() -> None:
+        nonlocal buf, n_buf, idx
+        toks = np.concatenate(buf)
+        path = opts.out / f"{split}_{idx:06d}.bin"
+        write_shard(path, toks)
+        shards.append({"file": path.name, "tokens": int(len(toks)), "sha256": sha256_file(path)})
+        buf, n_buf, idx = [], 0, idx + 1
+
+    batch = 256
+    for i in tqdm(range(0, len(docs), batch), desc=f"encode {split}", unit="batch"):
+        for ids in encode_documents(sp, docs[i:i + batch]):
+            # documents are kept whole inside a shard, as in the official build
+            while n_buf + len(ids) > opts.shard_tokens and n_buf:
+                flush()
+            buf.append(ids)
+            n_buf += len(ids)
+            n_total += len(ids)
+    if n_buf:
+        flush()
+    return {"docs": len(docs), "tokens": n_total, "shards": shards}
+
+
+# -- the whole build ------------------------------------------------------------------------------
+
+
+def build(opts: BuildOptions) -> dict[str, Any]:
+    """Run every stage that is not finished; return the manifest."""
+    out = opts.out
+    if is_finished(out) and not opts.force:
+        print(f"{out}: data already built (manifest and shard checksums match); nothing to do")
+        return json.loads((out / "manifest.json").read_text())
+    t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)  # unfinished until written again, last
+    docs_info = build_documents(opts)
+    model = build_tokenizer(opts)
+    splits = {s: build_shards(opts, s) for s in ("train", "val")}
+    for s in splits:
+        splits[s]["bytes"] = docs_info["splits"][s]["bytes"]
+    sp = load_tokenizer(model)
+    report = audit_split([out / sh["file"] for sh in splits["val"]["shards"]], sp, opts.vocab_size)
+    print(report.summary())
+    manifest = {
+        "name": out.name, "recur_lib": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.time() - t0, 1), "platform": platform.platform(),
+        "debian_version": _read(Path("/etc/debian_version")),
+        "sources": docs_info["sources"], "filtered": docs_info["filtered"],
+        "split_rule": docs_info["split_rule"], "val_permille": docs_info["val_permille"],
+        "tokenizer": {"file": model.name, "sha256": sha256_file(model), "vocab_size": sp.vocab_size(),
+                      "spec": SPEC, "trained_on": "train split"},
+        "splits": splits,
+        "bytes_per_token": {s: splits[s]["bytes"] / max(1, splits[s]["tokens"] - splits[s]["docs"]) for s in splits},
+        "val_audit": {"ok": report.ok, "counted_bytes": report.counted_bytes,
+                      "decoded_bytes": report.decoded_bytes, "mismatches": report.mismatches},
+    }
+    if not report.ok:
+        raise CorpusError(f"bpb byte audit failed on val: {report.summary()}; first mismatches "
+                          f"(doc, counted, decoded): {report.mismatches[:5]}. The shards are kept for inspection; "
+                          "no manifest was written, so this build is not marked finished.")
+    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return None

@@ -1,0 +1,129 @@
+"""`recur` command line: data build/audit/info and config inspection.
+
+    recur data build [--text-dir DIR] [--out data/default]
+    recur data audit --preset quick --set data.root=/path/to/fineweb10B_sp1024
+    recur config show --preset seed-927 --set model.dim=768 [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, describe_fields, preset_names
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {}
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.dim=256")
+        overrides[key.strip()] = value
+    base = Config.load(args.config) if getattr(args, "config", None) else Config.from_name(args.preset)
+    return base.override(overrides)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", choices=preset_names(), help="named preset (default: quick)")
+    p.add_argument("--config", help="a config JSON file (instead of --preset)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. model.dim=256")
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from .build import BuildOptions, build
+    from .paths import resolve
+    opts = BuildOptions(out=resolve(args.out), text_dir=Path(args.text_dir).resolve() if args.text_dir else None,
+                        vocab_size=args.vocab_size, val_permille=args.val_permille,
+                        shard_tokens=args.shard_tokens, tokenizer_max_bytes=args.tokenizer_max_bytes,
+                        force=args.force)
+    m = build(opts)
+    tr, va = m["splits"]["train"], m["splits"]["val"]
+    print(f"{opts.out}: train {tr['docs']} docs {tr['bytes'] / 1e6:.1f} MB {tr['tokens']} tokens in "
+          f"{len(tr['shards'])} shards; val {va['docs']} docs {va['bytes'] / 1e6:.2f} MB {va['tokens']} tokens; "
+          f"{m['bytes_per_token']['val']:.3f} bytes/token (val)")
+    return 0
+
+
+def cmd_data_audit(args: argparse.Namespace) -> int:
+    from .bpb import audit_split
+    from .data import open_data
+    cfg = _config_from_args(args)
+    data = open_data(cfg)
+    files = data.val_files if args.split == "val" else data.train_files
+    report = audit_split(files, data.tokenizer, cfg.model.vocab_size)
+    print(report.summary())
+    for doc, c, d in report.mismatches:
+        print(f"  doc {doc}: counted {c} bytes, decoded {d} bytes")
+    return 0 if report.ok else 1
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from .paths import resolve
+    man = resolve(args.out) / "manifest.json"
+    if not man.exists():
+        print(f"{man.parent}: no finished build (no manifest.json). Run `recur data build`.", file=sys.stderr)
+        return 1
+    print(man.read_text())
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = _config_from_args(args)
+    if args.json:
+        print(cfg.to_json())
+    else:
+        for k, v in cfg.diff().items():
+            print(f"{k} = {v!r}")
+        print(f"# effective layers {cfg.effective_layers}, unique blocks {cfg.unique_blocks}")
+    return 0
+
+
+def cmd_config_fields(args: argparse.Namespace) -> int:
+    print(describe_fields())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recur", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="group", required=True)
+
+    data = sub.add_parser("data", help="build, audit and inspect token data").add_subparsers(dest="cmd", required=True)
+    b = data.add_parser("build", help="build the default corpus (or --text-dir) into shards + tokenizer")
+    b.add_argument("--out", default="data/default", help="data folder (default: data/default)")
+    b.add_argument("--text-dir", help="build from every *.txt under this folder instead of Debian's archive")
+    b.add_argument("--vocab-size", type=int, default=1024)
+    b.add_argument("--val-permille", type=int, default=50, help="share of documents in val, per mille")
+    b.add_argument("--shard-tokens", type=int, default=10_000_000, help="tokens per shard (official: 10^8)")
+    b.add_argument("--tokenizer-max-bytes", type=int, default=0, help="train the tokenizer on the first N bytes of train")
+    b.add_argument("--force", action="store_true", help="rebuild every stage")
+    b.set_defaults(func=cmd_data_build)
+    a = data.add_parser("audit", help="check bpb byte accounting against decoded text on a split")
+    _add_config_args(a)
+    a.add_argument("--split", choices=["val", "train"], default="val")
+    a.set_defaults(func=cmd_data_audit)
+    i = data.add_parser("info", help="print a build's manifest")
+    i.add_argument("--out", default="data/default")
+    i.set_defaults(func=cmd_data_info)
+
+    conf = sub.add_parser("config", help="show configs and fields").add_subparsers(dest="cmd", required=True)
+    s = conf.add_parser("show", help="the resolved config (differences from the baseline, or --json)")
+    _add_config_args(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_config_show)
+    conf.add_parser("fields", help="every field with type, default, range and help").set_defaults(func=cmd_config_fields)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,516 @@
+"""One config tree, the single source of truth for every hyperparameter.
+
+`Config` groups frozen dataclasses (data, model, schedule, train, optim, quant, eval, run). Every field
+carries its help text and allowed range in its metadata, is validated on construction, and round-trips
+through JSON losslessly. Defaults reproduce the Parameter Golf baseline (`train_gpt.py`, 9x512);
+named presets (`PRESETS`) are dotted overrides on top of them:
+
+    cfg = Config.from_name("quick", {"model.dim": 256})      # or Config.from_name("quick", model__dim=256)
+    cfg = cfg.override({"train.iterations": "500"})         # strings are parsed by the field's type (CLI)
+    Config.from_json(cfg.to_json()) == cfg                  # lossless
+
+An unknown key, a wrong type or a value out of range raises `ConfigError` naming the field, what it
+got and what it accepts. Nothing reads environment variables.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type, or out of its allowed range."""
+
+
+def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
+    """A field with its help text and inclusive range (None = unbounded)."""
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
+
+
+# --------------------------------------------------------------------------------------------------
+# Groups
+
+
+class _Group:
+    """Base of the groups: each validates itself on construction, naming its fields `group.field`."""
+
+    def __post_init__(self) -> None:
+        _validate_group(self, _GROUP_NAMES[type(self)])
+
+
+@dataclass(frozen=True)
+class DataConfig(_Group):
+    root: str = _f("data/default", "folder holding the token shards, tokenizer and manifest; "
+                   "relative paths resolve against the project root")
+    train_glob: str = _f("*train_*.bin", "shard file pattern of the training split (official: fineweb_train_*.bin)")
+    val_glob: str = _f("*val_*.bin", "shard file pattern of the validation split (official: fineweb_val_*.bin)")
+    tokenizer: str = _f("tokenizer.model", "SentencePiece model, relative to root unless absolute "
+                        "(official: fineweb_1024_bpe.model)")
+    val_max_tokens: int = _f(0, "evaluate on the first N val tokens only (0 = the whole split, as scored)", 0)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Group):
+    vocab_size: int = _f(1024, "token vocabulary; must equal the tokenizer's", 2, 65536)
+    dim: int = _f(512, "residual width", 8, 16384)
+    n_heads: int = _f(8, "query heads", 1, 256)
+    n_kv_heads: int = _f(4, "key/value heads (GQA); must divide n_heads", 1, 256)
+    mlp_mult: float = _f(2.0, "MLP hidden width = mlp_mult * dim (relu^2)", 0.25, 16.0)
+    rope_base: float = _f(10000.0, "RoPE base frequency", 1.0, None)
+    logit_softcap: float = _f(30.0, "tanh soft cap on logits (0 = off)", 0.0, None)
+    tie_embeddings: bool = _f(True, "share the input embedding with the output head")
+    tied_embed_init_std: float = _f(0.005, "init std of the tied embedding", 0.0, 1.0)
+    qk_gain_init: float = _f(1.5, "init of the per-head query gain (baseline 1.5; #1406 uses 5.0)", 0.0, 100.0)
+    use_unet_skips: bool = _f(True, "U-Net skips from the first half of schedule steps to the mirrored second half")
+    xsa_last_n: int = _f(0, "exclusive self-attention in the last N schedule steps (#927: 4)", 0, 1024)
+    ve_last_n: int = _f(0, "value embedding added to attention values in the last N steps (#927: 2)", 0, 1024)
+    ve_dim: int = _f(128, "value-embedding table width (#927: 128)", 1, 4096)
+    use_smear_gate: bool = _f(False, "SmearGate: learned per-dim blend with the previous token (#927)")
+    bigram_buckets: int = _f(0, "BigramHash buckets, 0 = off (#927: 10240, #1406: 1536)", 0, 1 << 22)
+    bigram_dim: int = _f(128, "BigramHash embedding width (#927: 128)", 1, 4096)
+    loop_lora_rank: int = _f(0, "per-loop LoRA rank on shared blocks, 0 = off (#1096: 1)", 0, 256)
+    loop_lora_form: Literal["vectors", "matrices"] = _f(
+        "vectors", "rank-1 delta stored as two vectors (#1096) or as r-column matrices")
+    use_loop_embedding: bool = _f(False, "add a learned embedding of the loop index to the residual")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig(_Group):
+    """Which unique blocks the forward pass runs, in order (the model issue builds the step list).
+
+    flat:    n_layers unique blocks, each once (baseline 9x512).
+    looped:  n_core shared blocks x n_loops (#927: 4 x 7).
+    hybrid:  n_prelude unique + n_core shared x n_loops + n_coda unique (#1096: 1 + 4x3 + 1).
+    repeat:  n_layers unique blocks, those in repeat_layers run twice (#1406: 11, blocks 4 and 5).
+    """
+    kind: Literal["flat", "looped", "hybrid", "repeat"] = _f("flat", "schedule family")
+    n_layers: int = _f(9, "unique blocks of a flat or repeat schedule", 1, 1024)
+    n_prelude: int = _f(0, "unique blocks before the shared core (hybrid)", 0, 1024)
+    n_core: int = _f(4, "shared blocks in the looped core (looped, hybrid)", 1, 1024)
+    n_loops: int = _f(1, "times the core runs (looped, hybrid)", 1, 1024)
+    n_coda: int = _f(0, "unique blocks after the shared core (hybrid)", 0, 1024)
+    repeat_layers: tuple[int, ...] = _f((), "block indices run twice (repeat; #1406: (4, 5))")
+    repeat_start_frac: float = _f(0.0, "fraction of training after which repeats switch on (repeat)", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Group):
+    iterations: int = _f(20000, "optimizer steps (upper bound when a wall-clock cap is set)", 1, None)
+    batch_tokens: int = _f(524288, "tokens per step over all ranks", 1, None)
+    seq_len: int = _f(1024, "training sequence length", 2, 1 << 20)
+    warmup_steps: int = _f(20, "linear lr warmup steps", 0, None)
+    warmdown_iters: int = _f(1200, "linear warmdown over the last N steps", 0, None)
+    max_wallclock_s: float = _f(600.0, "wall-clock cap; warmdown follows it (0 = none)", 0.0, None)
+    grad_clip: float = _f(0.0, "global grad-norm clip (0 = off; #927: 0.3)", 0.0, None)
+    ema_decay: float = _f(0.0, "EMA of weights, 0 = off (#1406 uses EMA)", 0.0, 1.0)
+    swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927: 0.2)", 0.0, 1.0)
+    swa_every: int = _f(50, "SWA snapshot interval in steps (#927: 50)", 1, None)
+    val_every: int = _f(0, "validate every N steps (0 = only at the end)", 0, None)
+    log_every: int = _f(10, "log a metrics line every N steps", 1, None)
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Group):
+    matrix_lr: float = _f(0.04, "Muon lr for block matrices", 0.0, 10.0)
+    scalar_lr: float = _f(0.04, "Adam lr for scalars and vectors", 0.0, 10.0)
+    tied_embed_lr: float = _f(0.05, "Adam lr of the tied embedding", 0.0, 10.0)
+    head_lr: float = _f(0.008, "Adam lr of an untied head", 0.0, 10.0)
+    lora_lr: float = _f(0.01, "lr of per-loop LoRA factors", 0.0, 10.0)
+    lora_optimizer: Literal["adamw", "muon"] = _f("adamw", "optimizer of LoRA matrices (#1096: AdamW)")
+    muon_momentum: float = _f(0.95, "Muon momentum after warmup (#927: 0.99)", 0.0, 1.0)
+    muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0", 0.0, 1.0)
+    muon_momentum_warmup_steps: int = _f(500, "steps to warm Muon momentum up", 0, None)
+    muon_ns_steps: int = _f(5, "Newton-Schulz iterations", 1, 20)
+    muon_scale_rule: Literal["keller", "moonlight", "none"] = _f(
+        "keller", "update scale: keller sqrt(max(1,r/c)), moonlight 0.2*sqrt(max(r,c)), none 1")
+    weight_decay: float = _f(0.0, "decoupled weight decay on Muon matrices (#927: 0.04)", 0.0, 1.0)
+    beta1: float = _f(0.9, "Adam beta1", 0.0, 1.0)
+    beta2: float = _f(0.95, "Adam beta2", 0.0, 1.0)
+    adam_eps: float = _f(1e-8, "Adam epsilon", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class QuantConfig(_Group):
+    export_bits: Literal[4, 5, 6, 8, 16] = _f(8, "per-row bits of exported matrices (16 = keep fp16)")
+    qat_bits: Literal[0, 4, 5, 6, 8] = _f(0, "STE fake-quant bits during training, 0 = off (#927: 6)")
+    qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#1406: late)", 0.0, 1.0)
+    clip_percentile: float = _f(99.99984, "per-row clip percentile before rounding", 50.0, 100.0)
+    gptq_lite: bool = _f(False, "per-row clip search for least reconstruction error (#927)")
+    zstd_level: int = _f(22, "zstandard level of the artifact", 1, 22)
+    budget_bytes: int = _f(16_000_000, "artifact budget: code + compressed weights (decimal bytes)", 1, None)
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Group):
+    seq_len: int = _f(1024, "evaluation window length", 2, 1 << 20)
+    stride: int = _f(0, "sliding-window stride, 0 = non-overlapping windows (#927: 64)", 0, 1 << 20)
+    batch_tokens: int = _f(524288, "tokens per eval batch", 1, None)
+    eval_loops: int = _f(0, "loop count at eval, 0 = as trained (depth extrapolation)", 0, 1024)
+    ttt: Literal["off", "score_first", "pre_quant"] = _f(
+        "off", "test-time training: legal score-first chunks (#927) or pre-quant adaptation (#1406)")
+    ttt_lr: float = _f(0.002, "TTT learning rate (#927: 0.002, #1406: 0.0005)", 0.0, 10.0)
+    ttt_epochs: int = _f(3, "TTT epochs per chunk (#927: 3, #1406: 10)", 1, 1000)
+    ttt_chunk_tokens: int = _f(32768, "TTT chunk length in tokens (#927: 32768)", 2, None)
+
+
+@dataclass(frozen=True)
+class RunConfig(_Group):
+    name: str = _f("run", "run name (folder under out_dir)")
+    out_dir: str = _f("runs", "where run folders go (ignored by git)")
+    seed: int = _f(1337, "global seed", 0, 2**32 - 1)
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
+    dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "autocast dtype; auto = bf16 on cuda, fp32 on cpu")
+    compile: bool = _f(False, "torch.compile the model")
+    nproc: int = _f(1, "torchrun processes per node", 1, 1024)
+
+
+_GROUPS = {
+    "data": DataConfig, "model": ModelConfig, "schedule": ScheduleConfig, "train": TrainConfig,
+    "optim": OptimConfig, "quant": QuantConfig, "eval": EvalConfig, "run": RunConfig,
+}
+_GROUP_NAMES = {cls: name for name, cls in _GROUPS.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation and value parsing
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any:
+    """Type- and range-check one value; return it normalised (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+            raise ConfigError(f"{path} = {value!r}: must be one of {list(choices)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} = {value!r}: must be a list of integers")
+        item_tp = typing.get_args(tp)[0]
+        return tuple(_check_value(f"{path}[{i}]", v, item_tp, {}) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} = {value!r}: must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} = {value!r}: must be an integer")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} = {value!r}: must be a number")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path} = {value!r}: must be finite")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} = {value!r}: must be a string")
+        return value
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"{path} = {value!r}: out of range, allowed {rng}")
+    return value
+
+
+def _validate_group(obj: Any, prefix: str) -> None:
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        v = _check_value(f"{prefix}.{f.name}", getattr(obj, f.name), hints[f.name], f.metadata)
+        object.__setattr__(obj, f.name, v)
+
+
+def parse_value(text: str, tp: Any) -> Any:
+    """Parse a CLI/notebook string into the type of a field ("256" -> 256, "4,5" -> (4, 5))."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        for c in typing.get_args(tp):
+            if str(c).lower() == text.strip().lower():
+                return c
+        return text
+    if origin is tuple:
+        t = text.strip().strip("[]()")
+        return tuple(int(x) for x in t.replace(",", " ").split()) if t else ()
+    if tp is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        return text
+    try:
+        if tp is int:
+            return int(text.replace("_", ""))
+        if tp is float:
+            return float(text.replace("_", ""))
+    except ValueError:
+        return text  # the checker reports it with the field's name
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# The tree
+
+
+def _group_field(cls: type) -> Any:
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = _group_field(DataConfig)
+    model: ModelConfig = _group_field(ModelConfig)
+    schedule: ScheduleConfig = _group_field(ScheduleConfig)
+    train: TrainConfig = _group_field(TrainConfig)
+    optim: OptimConfig = _group_field(OptimConfig)
+    quant: QuantConfig = _group_field(QuantConfig)
+    eval: EvalConfig = _group_field(EvalConfig)
+    run: RunConfig = _group_field(RunConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _GROUPS.items():
+            group = getattr(self, name)
+            if not isinstance(group, cls):
+                raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(group).__name__}")
+        self._check_cross_fields()
+
+    def _check_cross_fields(self) -> None:
+        m, s, t, e = self.model, self.schedule, self.train, self.eval
+
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(m.dim % m.n_heads == 0, f"model.dim = {m.dim} must be divisible by model.n_heads = {m.n_heads}")
+        need((m.dim // m.n_heads) % 2 == 0, f"head dim model.dim/model.n_heads = {m.dim // m.n_heads} must be even (RoPE)")
+        need(m.n_heads % m.n_kv_heads == 0,
+             f"model.n_kv_heads = {m.n_kv_heads} must divide model.n_heads = {m.n_heads}")
+        need(m.loop_lora_form == "matrices" or m.loop_lora_rank <= 1,
+             f"model.loop_lora_rank = {m.loop_lora_rank} needs model.loop_lora_form = 'matrices' "
+             "(the 'vectors' form is rank 1)")
+        if s.kind == "looped":
+            need(s.n_prelude == 0 and s.n_coda == 0,
+                 "schedule.kind = 'looped' shares every block: set schedule.n_prelude = schedule.n_coda = 0 "
+                 "or use schedule.kind = 'hybrid'")
+        if s.kind == "repeat":
+            bad = [i for i in s.repeat_layers if not 0 <= i < s.n_layers]
+            need(not bad, f"schedule.repeat_layers = {list(s.repeat_layers)}: indices {bad} are outside "
+                 f"[0, {s.n_layers - 1}] (schedule.n_layers = {s.n_layers})")
+            need(len(set(s.repeat_layers)) == len(s.repeat_layers),
+                 f"schedule.repeat_layers = {list(s.repeat_layers)} repeats an index")
+        need(t.batch_tokens % t.seq_len == 0,
+             f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.seq_len = {t.seq_len}")
+        need(e.stride <= e.seq_len, f"eval.stride = {e.stride} must be <= eval.seq_len = {e.seq_len}")
+
+    # -- derived quantities, computed from the fields (never stored) --
+    @property
+    def effective_layers(self) -> int:
+        s = self.schedule
+        if s.kind == "flat":
+            return s.n_layers
+        if s.kind == "repeat":
+            return s.n_layers + len(s.repeat_layers)
+        return s.n_prelude + s.n_core * s.n_loops + s.n_coda
+
+    @property
+    def unique_blocks(self) -> int:
+        s = self.schedule
+        if s.kind in ("flat", "repeat"):
+            return s.n_layers
+        return s.n_prelude + s.n_core + s.n_coda
+
+    # -- serialisation --
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name in _GROUPS:
+            g = getattr(self, name)
+            out[name] = {f.name: (list(v) if isinstance(v := getattr(g, f.name), tuple) else v) for f in fields(g)}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Config":
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a config must be a mapping of groups, got {type(d).__name__}")
+        groups = {}
+        for name, sub in d.items():
+            if name not in _GROUPS:
+                raise ConfigError(f"unknown config group {name!r}{_suggest(name, _GROUPS)}; groups: {list(_GROUPS)}")
+            if not isinstance(sub, Mapping):
+                raise ConfigError(f"{name}: expected a mapping of fields, got {type(sub).__name__}")
+            gcls = _GROUPS[name]
+            names = {f.name for f in fields(gcls)}
+            for k in sub:
+                if k not in names:
+                    raise ConfigError(f"unknown config key {name}.{k}{_suggest(k, names, name + '.')}")
+            groups[name] = gcls(**sub)
+        return cls(**groups)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        try:
+            return cls.from_json(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+    # -- overrides --
+    def override(self, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> "Config":
+        """A new Config with dotted overrides applied: {"model.dim": 256} or model__dim=256.
+
+        String values are parsed by the field's type, so CLI `--set` strings and typed notebook
+        parameters both work.
+        """
+        items = dict(overrides or {})
+        items.update({k.replace("__", "."): v for k, v in kwargs.items()})
+        d = self.to_dict()
+        for key, value in items.items():
+            group, _, name = key.partition(".")
+            if group not in _GROUPS or not name:
+                raise ConfigError(f"override key {key!r} must be 'group.field' with group in {list(_GROUPS)}"
+                                  f"{_suggest(key, all_keys())}")
+            hints = _hints(_GROUPS[group])
+            if name not in hints:
+                raise ConfigError(f"unknown config key {key}{_suggest(key, all_keys())}")
+            d[group][name] = parse_value(value, hints[name]) if isinstance(value, str) else value
+        return Config.from_dict(d)
+
+    @classmethod
+    def from_name(cls, name: str, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> "Config":
+        """A named preset (see PRESETS) with optional dotted overrides on top."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)}; presets: {list(PRESETS)}")
+        return cls().override(_resolve_preset(name)).override(overrides, **kwargs)
+
+    def diff(self, other: "Config | None" = None) -> dict[str, Any]:
+        """Dotted keys whose values differ from `other` (default: the baseline defaults)."""
+        a, b = self.to_dict(), (other or Config()).to_dict()
+        return {f"{g}.{k}": v for g in a for k, v in a[g].items() if b[g][k] != v}
+
+
+def all_keys() -> list[str]:
+    """Every dotted config key, for help and error suggestions."""
+    return [f"{g}.{f.name}" for g, cls in _GROUPS.items() for f in fields(cls)]
+
+
+def describe_fields() -> str:
+    """Help text for every field: key, type, default, range."""
+    lines = []
+    for g, cls in _GROUPS.items():
+        hints = _hints(cls)
+        for f in fields(cls):
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            rng = f" [{lo}, {hi if hi is not None else 'inf'}]" if lo is not None else ""
+            tp = hints[f.name]
+            tname = getattr(tp, "__name__", str(tp).replace("typing.", ""))
+            lines.append(f"{g}.{f.name} ({tname}{rng}) = {f.default!r}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _suggest(word: str, options: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, [str(o) for o in options], n=1)
+    return f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: name -> (base preset or None, dotted overrides). Model parts of the seed presets follow
+# ../shared/reference/parameter-golf.md; fields the model issue adds will extend them.
+
+PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
+    # The parameter-golf baseline train_gpt.py: every default.
+    "pg-baseline": (None, {}),
+    # Tests: a forward/backward pass in well under a second on one CPU core.
+    "smoke": ("pg-baseline", {
+        "model.dim": 32, "model.n_heads": 2, "model.n_kv_heads": 1,
+        "schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 1, "schedule.n_loops": 2,
+        "schedule.n_coda": 1,
+        "train.iterations": 4, "train.batch_tokens": 512, "train.seq_len": 64, "train.warmup_steps": 1,
+        "train.warmdown_iters": 2, "train.max_wallclock_s": 0.0, "train.log_every": 1,
+        "eval.seq_len": 64, "eval.batch_tokens": 4096, "data.val_max_tokens": 8192,
+        "run.device": "cpu", "run.dtype": "float32",
+    }),
+    # The default workbook: every notebook together well under 30 minutes on 2 CPU cores.
+    "quick": ("pg-baseline", {
+        "model.dim": 128, "model.n_heads": 4, "model.n_kv_heads": 2,
+        "schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2, "schedule.n_loops": 3,
+        "schedule.n_coda": 1,
+        "train.iterations": 200, "train.batch_tokens": 8192, "train.seq_len": 256, "train.warmup_steps": 10,
+        "train.warmdown_iters": 60, "train.max_wallclock_s": 0.0, "train.log_every": 10,
+        "eval.seq_len": 256, "eval.batch_tokens": 16384, "data.val_max_tokens": 262144,
+        "run.device": "cpu", "run.dtype": "float32",
+    }),
+    # Published CPU results: hours allowed.
+    "cpu": ("pg-baseline", {
+        "model.dim": 256, "model.n_heads": 4, "model.n_kv_heads": 2,
+        "schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 3, "schedule.n_loops": 3,
+        "schedule.n_coda": 1,
+        "train.iterations": 2000, "train.batch_tokens": 32768, "train.seq_len": 512, "train.warmup_steps": 20,
+        "train.warmdown_iters": 400, "train.max_wallclock_s": 0.0, "train.log_every": 25,
+        "train.val_every": 250, "eval.seq_len": 512, "eval.batch_tokens": 65536,
+        "run.device": "cpu", "run.dtype": "float32",
+    }),
+    # PR #927: 4 shared blocks x 7 loops at dim 1024, int6 QAT from step 0, score-first TTT.
+    "seed-927": ("pg-baseline", {
+        "model.dim": 1024, "model.n_heads": 32, "model.n_kv_heads": 8,
+        "model.xsa_last_n": 4, "model.ve_last_n": 2, "model.ve_dim": 128, "model.use_smear_gate": True,
+        "model.bigram_buckets": 10240, "model.bigram_dim": 128,
+        "schedule.kind": "looped", "schedule.n_core": 4, "schedule.n_loops": 7,
+        "train.seq_len": 2048, "train.warmup_steps": 100, "train.warmdown_iters": 3500,
+        "train.grad_clip": 0.3, "train.swa_start_frac": 0.2, "train.swa_every": 50,
+        "optim.matrix_lr": 0.02, "optim.scalar_lr": 0.01, "optim.tied_embed_lr": 0.02,
+        "optim.muon_momentum": 0.99, "optim.weight_decay": 0.04,
+        "quant.qat_bits": 6, "quant.export_bits": 8, "quant.gptq_lite": True,
+        "eval.seq_len": 32768, "eval.stride": 64, "eval.ttt": "score_first", "eval.ttt_lr": 0.002,
+        "eval.ttt_epochs": 3, "eval.ttt_chunk_tokens": 32768,
+    }),
+    # PR #1406: 11 unique blocks, 4 and 5 run twice; QK gain 5, late QAT, EMA, pre-quant TTT.
+    # MuonEq-R (row-normalised Muon) is not a scale rule here yet; the optimizer issue adds it.
+    "seed-1406": ("pg-baseline", {
+        "model.qk_gain_init": 5.0, "model.xsa_last_n": 4, "model.ve_last_n": 2, "model.bigram_buckets": 1536,
+        "schedule.kind": "repeat", "schedule.n_layers": 11, "schedule.repeat_layers": (4, 5),
+        "train.ema_decay": 0.997, "quant.qat_bits": 6, "quant.qat_start_frac": 0.85, "quant.export_bits": 6,
+        "quant.gptq_lite": True, "eval.stride": 64, "eval.ttt": "pre_quant", "eval.ttt_lr": 0.0005,
+        "eval.ttt_epochs": 10,
+    }),
+    # PR #341: hybrid unique prelude/coda around a shared core, dim 768, 22 effective layers. The
+    # stored record does not give the split; 3 + 4x4 + 3 keeps its shape.
+    "seed-341": ("pg-baseline", {
+        "model.dim": 768, "model.n_heads": 12, "model.n_kv_heads": 4,
+        "schedule.kind": "hybrid", "schedule.n_prelude": 3, "schedule.n_core": 4, "schedule.n_loops": 4,
+        "schedule.n_coda": 3, "eval.stride": 64,
+    }),
+    # PR #1096: 1 prelude + 4 shared x 3 loops + 1 coda at dim 640, rank-1 per-loop deltas on AdamW.
+    "seed-1096": ("pg-baseline", {
+        "model.dim": 640, "model.n_heads": 10, "model.n_kv_heads": 5,
+        "model.loop_lora_rank": 1, "model.loop_lora_form": "vectors",
+        "schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 4, "schedule.n_loops": 3,
+        "schedule.n_coda": 1, "optim.lora_optimizer": "adamw", "eval.ttt": "score_first",
+    }),
+}
+
+
+def _resolve_preset(name: str) -> dict[str, Any]:
+    base, overrides = PRESETS[name]
+    merged = _resolve_preset(base) if base else {}
+    merged.update(overrides)
+    return merged
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+

@@ -6,6 +6,7 @@ Documents are written as `[bos] + ids` with no eos, like the official shards.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
@@ -34,18 +35,21 @@ def train_tokenizer(text_file: str | Path, model_path: str | Path, vocab_size: i
                     num_threads: int | None = None) -> spm.SentencePieceProcessor:
     """Train on one text file (one sentence per line) and write `model_path` atomically.
 
-    The input is used whole (no sampling), so the same text gives the same model.
+    The input is used whole (no sampling) and fed as an iterator, so no file path is recorded in the
+    model: the same text gives a byte-identical model wherever it is built.
     """
     model_path = Path(model_path)
     spm.set_random_generator_seed(0)
-    tmp_prefix = model_path.with_name(model_path.stem + ".tmp")
-    spm.SentencePieceTrainer.train(
-        input=str(text_file), model_prefix=str(tmp_prefix), vocab_size=vocab_size,
-        num_threads=num_threads or os.cpu_count() or 1, input_sentence_size=0,
-        shuffle_input_sentence=False, max_sentence_length=16384, minloglevel=2, **SPEC,
-    )
-    os.replace(str(tmp_prefix) + ".model", model_path)
-    Path(str(tmp_prefix) + ".vocab").unlink(missing_ok=True)
+    buf = io.BytesIO()
+    with open(text_file, encoding="utf-8") as lines:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(ln.rstrip("\n") for ln in lines), model_writer=buf, vocab_size=vocab_size,
+            num_threads=num_threads or os.cpu_count() or 1, input_sentence_size=0,
+            shuffle_input_sentence=False, max_sentence_length=16384, minloglevel=2, **SPEC,
+        )
+    tmp = model_path.with_name(model_path.name + ".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, model_path)
     return load_tokenizer(model_path)
 
 

@@ -1,0 +1,111 @@
+"""Config: lossless JSON, presets, typed overrides, and errors that name the field and the range."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from recur_lib.config import PRESETS, Config, ConfigError, all_keys, describe_fields
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_roundtrips_json(name: str) -> None:
+    cfg = Config.from_name(name)
+    again = Config.from_json(cfg.to_json())
+    assert again == cfg
+    assert json.loads(again.to_json()) == json.loads(cfg.to_json())
+
+
+def test_defaults_are_the_parameter_golf_baseline() -> None:
+    c = Config()
+    assert (c.schedule.kind, c.schedule.n_layers, c.effective_layers) == ("flat", 9, 9)
+    assert (c.model.dim, c.model.n_heads, c.model.n_kv_heads, c.model.vocab_size) == (512, 8, 4, 1024)
+    assert (c.model.logit_softcap, c.model.qk_gain_init, c.model.tied_embed_init_std) == (30.0, 1.5, 0.005)
+    assert (c.train.batch_tokens, c.train.seq_len, c.train.warmup_steps, c.train.warmdown_iters) == (524288, 1024, 20, 1200)
+    assert (c.optim.matrix_lr, c.optim.muon_momentum, c.optim.muon_momentum_warmup_start) == (0.04, 0.95, 0.85)
+    assert (c.optim.muon_ns_steps, c.optim.muon_scale_rule, c.quant.budget_bytes) == (5, "keller", 16_000_000)
+    assert Config.from_name("pg-baseline") == c
+
+
+def test_seed_presets_have_their_documented_shapes() -> None:
+    c927 = Config.from_name("seed-927")
+    assert (c927.schedule.n_core, c927.schedule.n_loops, c927.model.dim, c927.effective_layers) == (4, 7, 1024, 28)
+    c1406 = Config.from_name("seed-1406")
+    assert (c1406.unique_blocks, c1406.effective_layers, c1406.model.qk_gain_init) == (11, 13, 5.0)
+    c1096 = Config.from_name("seed-1096")
+    assert (c1096.unique_blocks, c1096.effective_layers, c1096.model.dim, c1096.model.loop_lora_rank) == (6, 14, 640, 1)
+    assert Config.from_name("seed-341").effective_layers == 22
+
+
+def test_overrides_parse_strings_by_field_type() -> None:
+    c = Config.from_name("quick").override({"model.dim": "256", "model.use_smear_gate": "true",
+                                            "schedule.kind": "repeat", "schedule.repeat_layers": "4,5",
+                                            "optim.matrix_lr": "0.02", "train.batch_tokens": "65_536"})
+    assert c.model.dim == 256 and c.model.use_smear_gate is True
+    assert c.schedule.repeat_layers == (4, 5) and c.optim.matrix_lr == 0.02 and c.train.batch_tokens == 65536
+    assert Config.from_name("quick", model__dim=64).model.dim == 64
+    assert Config.from_name("quick", {"model.dim": 64}) == Config.from_name("quick", model__dim=64)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.dimm": 8}, r"unknown config key model\.dimm \(did you mean 'model\.dim'\?\)"),
+    ({"modle.dim": 8}, r"group\.field"),
+    ({"model.dim": 4}, r"model\.dim = 4: out of range, allowed \[8, 16384\]"),
+    ({"model.dim": 12.5}, r"model\.dim = 12\.5: must be an integer"),
+    ({"model.dim": "wide"}, r"model\.dim = 'wide': must be an integer"),
+    ({"model.use_smear_gate": "maybe"}, r"model\.use_smear_gate = 'maybe': must be true or false"),
+    ({"schedule.kind": "loopd"}, r"schedule\.kind = 'loopd': must be one of \['flat', 'looped', 'hybrid', 'repeat'\]"),
+    ({"quant.export_bits": 7}, r"quant\.export_bits = 7: must be one of \[4, 5, 6, 8, 16\]"),
+    ({"optim.beta2": 1.5}, r"optim\.beta2 = 1\.5: out of range, allowed \[0\.0, 1\.0\]"),
+    ({"optim.matrix_lr": float("nan")}, r"optim\.matrix_lr = nan: must be finite"),
+    ({"model.n_kv_heads": 3}, r"model\.n_kv_heads = 3 must divide model\.n_heads = 8"),
+    ({"model.dim": 516}, r"model\.dim = 516 must be divisible by model\.n_heads = 8"),
+    ({"train.batch_tokens": 1000}, r"train\.batch_tokens = 1000 must be a multiple of train\.seq_len = 1024"),
+    ({"schedule.kind": "repeat", "schedule.repeat_layers": (4, 12)}, r"indices \[12\] are outside \[0, 8\]"),
+    ({"schedule.kind": "looped", "schedule.n_prelude": 1}, r"use schedule\.kind = 'hybrid'"),
+    ({"model.loop_lora_rank": 8}, r"loop_lora_form = 'matrices'"),
+])
+def test_invalid_values_name_field_and_allowed_range(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config().override(overrides)
+
+
+def test_from_dict_rejects_unknown_keys_and_groups() -> None:
+    d = Config().to_dict()
+    d["model"]["heads"] = 8
+    with pytest.raises(ConfigError, match=r"unknown config key model\.heads"):
+        Config.from_dict(d)
+    with pytest.raises(ConfigError, match="unknown config group 'modle'"):
+        Config.from_dict({"modle": {}})
+    with pytest.raises(ConfigError, match="unknown preset 'quik' \\(did you mean 'quick'\\?\\)"):
+        Config.from_name("quik")
+
+
+def test_partial_dict_fills_defaults_and_groups_validate_alone() -> None:
+    assert Config.from_dict({"model": {"dim": 256}}).model.dim == 256
+    from recur_lib.config import ModelConfig
+    with pytest.raises(ConfigError, match=r"model\.dim = 0"):
+        ModelConfig(dim=0)
+
+
+def test_config_is_frozen() -> None:
+    c = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.model.dim = 3  # type: ignore[misc]
+
+
+def test_save_load_and_bad_json(tmp_path) -> None:
+    c = Config.from_name("seed-1406")
+    c.save(tmp_path / "c.json")
+    assert Config.load(tmp_path / "c.json") == c
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Config.load(tmp_path / "bad.json")
+
+
+def test_diff_and_help_cover_every_key() -> None:
+    assert Config.from_name("quick", model__dim=256).diff()["model.dim"] == 256
+    assert Config().diff() == {}
+    help_text = describe_fields()
+    assert all(k in help_text for k in all_keys())

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: setup data workbook test bench clean-venv
+.PHONY: setup data workbook test clean-venv
 
 setup: $(VENV)/.installed
 

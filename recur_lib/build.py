@@ -29,6 +29,7 @@ from .corpus import (SOURCES, CorpusError, Document, deb_version, extract_deb, f
 from .shards import write_shard
 from .tokenizer import SPEC, encode_documents, load_tokenizer, train_tokenizer
 
+CORPUS_LOCK = json.loads((Path(__file__).parent / "corpus_lock.json").read_text())
 DOC_SEP = "\x1e"  # record separator between documents in docs/*.txt (never in cleaned text)
 
 
@@ -72,8 +73,15 @@ def _debian_documents(out: Path, sources_info: list[dict[str, Any]]) -> Iterator
     for src in tqdm(SOURCES, desc="sources", unit="pkg"):
         deb = debs[src.package]
         root = extract_deb(deb, out / "unpacked")
-        sources_info.append({"package": src.package, "version": deb_version(deb), "deb": deb.name,
-                             "deb_sha256": sha256_file(deb), "licence": src.licence, "markup": src.markup})
+        info = {"package": src.package, "version": deb_version(deb), "deb": deb.name,
+                "deb_sha256": sha256_file(deb), "licence": src.licence, "markup": src.markup}
+        locked = CORPUS_LOCK["packages"].get(src.package, {})
+        info["matches_lock"] = locked.get("deb_sha256") == info["deb_sha256"]
+        if not info["matches_lock"]:
+            # Debian replaces package versions over time; the corpus then differs from the published one.
+            print(f"warning: {deb.name} is not the locked {src.package} {locked.get('version')} "
+                  f"(recur_lib/corpus_lock.json); the corpus will differ from the README's numbers", flush=True)
+        sources_info.append(info)
         yield from source_documents(src, root)
 
 

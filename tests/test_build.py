@@ -103,3 +103,10 @@ def test_tokenizer_trained_on_train_split_only(tiny_data: Path) -> None:
     val = read_documents(tiny_data / "docs" / "val.txt")
     assert val and not any(v in train for v in val)
     assert load_tokenizer(tiny_data / "tokenizer.model").vocab_size() == TINY_VOCAB
+
+
+def test_corpus_lock_covers_every_source() -> None:
+    from recur_lib.build import CORPUS_LOCK
+    from recur_lib.corpus import SOURCES
+    assert set(CORPUS_LOCK["packages"]) == {s.package for s in SOURCES}
+    assert all(len(v["deb_sha256"]) == 64 for v in CORPUS_LOCK["packages"].values())

@@ -3,6 +3,7 @@
     recur data build [--text-dir DIR] [--out data/default]
     recur data audit --preset quick --set data.root=/path/to/fineweb10B_sp1024
     recur config show --preset seed-927 --set model.dim=768 [--json]
+    recur model describe --preset seed-1096
 """
 from __future__ import annotations
 
@@ -80,6 +81,16 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_describe(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import build_model
+    cfg = _config_from_args(args)
+    with torch.device("meta"):  # shapes and counts only: full-size presets cost no memory
+        print(build_model(cfg).describe())
+    return 0
+
+
 def cmd_config_fields(args: argparse.Namespace) -> int:
     print(describe_fields())
     return 0
@@ -106,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = data.add_parser("info", help="print a build's manifest")
     i.add_argument("--out", default="data/default")
     i.set_defaults(func=cmd_data_info)
+
+    model = sub.add_parser("model", help="inspect model shapes").add_subparsers(dest="cmd", required=True)
+    md = model.add_parser("describe", help="schedule, effective depth and parameter counts of a preset")
+    _add_config_args(md)
+    md.set_defaults(func=cmd_model_describe)
 
     conf = sub.add_parser("config", help="show configs and fields").add_subparsers(dest="cmd", required=True)
     s = conf.add_parser("show", help="the resolved config (differences from the baseline, or --json)")

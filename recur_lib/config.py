@@ -66,6 +66,8 @@ class ModelConfig(_Group):
     tied_embed_init_std: float = _f(0.005, "init std of the tied embedding", 0.0, 1.0)
     qk_gain_init: float = _f(1.5, "init of the per-head query gain (baseline 1.5; #1406 uses 5.0)", 0.0, 100.0)
     use_unet_skips: bool = _f(True, "U-Net skips from the first half of schedule steps to the mirrored second half")
+    unet_encoder_steps: int = _f(0, "schedule steps on the encoder side of the U-Net, 0 = half (#927: 3 loops x 4 = 12)",
+                                 0, 4096)
     xsa_last_n: int = _f(0, "exclusive self-attention in the last N schedule steps (#927: 4)", 0, 1024)
     ve_last_n: int = _f(0, "value embedding added to attention values in the last N steps (#927: 2)", 0, 1024)
     ve_dim: int = _f(128, "value-embedding table width (#927: 128)", 1, 4096)
@@ -75,7 +77,10 @@ class ModelConfig(_Group):
     loop_lora_rank: int = _f(0, "per-loop LoRA rank on shared blocks, 0 = off (#1096: 1)", 0, 256)
     loop_lora_form: Literal["vectors", "matrices"] = _f(
         "vectors", "rank-1 delta stored as two vectors (#1096) or as r-column matrices")
+    loop_lora_targets: tuple[str, ...] = _f(("q", "k", "v", "o", "fc", "proj"),
+                                            "projections of shared blocks that get per-loop LoRA")
     use_loop_embedding: bool = _f(False, "add a learned embedding of the loop index to the residual")
+    use_loop_scales: bool = _f(False, "per-loop float gains on shared blocks' attn/mlp branches")
 
 
 @dataclass(frozen=True)
@@ -85,15 +90,16 @@ class ScheduleConfig(_Group):
     flat:    n_layers unique blocks, each once (baseline 9x512).
     looped:  n_core shared blocks x n_loops (#927: 4 x 7).
     hybrid:  n_prelude unique + n_core shared x n_loops + n_coda unique (#1096: 1 + 4x3 + 1).
-    repeat:  n_layers unique blocks, those in repeat_layers run twice (#1406: 11, blocks 4 and 5).
+    repeat:  n_layers unique blocks; the contiguous segment repeat_layers runs n_loops times
+             (#1406: 11 blocks, (4, 5) x 2).
     """
     kind: Literal["flat", "looped", "hybrid", "repeat"] = _f("flat", "schedule family")
     n_layers: int = _f(9, "unique blocks of a flat or repeat schedule", 1, 1024)
     n_prelude: int = _f(0, "unique blocks before the shared core (hybrid)", 0, 1024)
     n_core: int = _f(4, "shared blocks in the looped core (looped, hybrid)", 1, 1024)
-    n_loops: int = _f(1, "times the core runs (looped, hybrid)", 1, 1024)
+    n_loops: int = _f(1, "times the core (looped, hybrid) or the repeat segment (repeat) runs", 1, 1024)
     n_coda: int = _f(0, "unique blocks after the shared core (hybrid)", 0, 1024)
-    repeat_layers: tuple[int, ...] = _f((), "block indices run twice (repeat; #1406: (4, 5))")
+    repeat_layers: tuple[int, ...] = _f((), "contiguous block indices run n_loops times (repeat; #1406: (4, 5))")
     repeat_start_frac: float = _f(0.0, "fraction of training after which repeats switch on (repeat)", 0.0, 1.0)
 
 
@@ -168,6 +174,8 @@ class RunConfig(_Group):
     nproc: int = _f(1, "torchrun processes per node", 1, 1024)
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "fc", "proj")  # attention q/k/v/out, MLP in/out
+
 _GROUPS = {
     "data": DataConfig, "model": ModelConfig, "schedule": ScheduleConfig, "train": TrainConfig,
     "optim": OptimConfig, "quant": QuantConfig, "eval": EvalConfig, "run": RunConfig,
@@ -193,7 +201,8 @@ def _check_value(path: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> Any
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} = {value!r}: must be a list of integers")
+            item = getattr(typing.get_args(tp)[0], "__name__", "value")
+            raise ConfigError(f"{path} = {value!r}: must be a list of {item} values")
         item_tp = typing.get_args(tp)[0]
         return tuple(_check_value(f"{path}[{i}]", v, item_tp, {}) for i, v in enumerate(value))
     if tp is bool:
@@ -237,7 +246,9 @@ def parse_value(text: str, tp: Any) -> Any:
         return text
     if origin is tuple:
         t = text.strip().strip("[]()")
-        return tuple(int(x) for x in t.replace(",", " ").split()) if t else ()
+        items = [x.strip(" '\"") for x in t.replace(",", " ").split()] if t else []
+        item_tp = typing.get_args(tp)[0]
+        return tuple(parse_value(x, item_tp) for x in items)
     if tp is bool:
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):
@@ -299,7 +310,13 @@ class Config:
             need(s.n_prelude == 0 and s.n_coda == 0,
                  "schedule.kind = 'looped' shares every block: set schedule.n_prelude = schedule.n_coda = 0 "
                  "or use schedule.kind = 'hybrid'")
+        bad_targets = sorted(set(m.loop_lora_targets) - set(LORA_TARGETS))
+        need(not bad_targets, f"model.loop_lora_targets: unknown {bad_targets}; choose from {list(LORA_TARGETS)}")
         if s.kind == "repeat":
+            r = sorted(s.repeat_layers)
+            need(r == list(range(r[0], r[-1] + 1)) if r else True,
+                 f"schedule.repeat_layers = {list(s.repeat_layers)} must be a contiguous range of blocks "
+                 "(the segment runs twice, e.g. (4, 5))")
             bad = [i for i in s.repeat_layers if not 0 <= i < s.n_layers]
             need(not bad, f"schedule.repeat_layers = {list(s.repeat_layers)}: indices {bad} are outside "
                  f"[0, {s.n_layers - 1}] (schedule.n_layers = {s.n_layers})")
@@ -316,7 +333,7 @@ class Config:
         if s.kind == "flat":
             return s.n_layers
         if s.kind == "repeat":
-            return s.n_layers + len(s.repeat_layers)
+            return s.n_layers + len(s.repeat_layers) * (s.n_loops - 1)
         return s.n_prelude + s.n_core * s.n_loops + s.n_coda
 
     @property
@@ -469,7 +486,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "model.dim": 1024, "model.n_heads": 32, "model.n_kv_heads": 8,
         "model.xsa_last_n": 4, "model.ve_last_n": 2, "model.ve_dim": 128, "model.use_smear_gate": True,
         "model.bigram_buckets": 10240, "model.bigram_dim": 128,
-        "schedule.kind": "looped", "schedule.n_core": 4, "schedule.n_loops": 7,
+        "schedule.kind": "looped", "schedule.n_core": 4, "schedule.n_loops": 7, "model.unet_encoder_steps": 12,
         "train.seq_len": 2048, "train.warmup_steps": 100, "train.warmdown_iters": 3500,
         "train.grad_clip": 0.3, "train.swa_start_frac": 0.2, "train.swa_every": 50,
         "optim.matrix_lr": 0.02, "optim.scalar_lr": 0.01, "optim.tied_embed_lr": 0.02,
@@ -483,6 +500,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
     "seed-1406": ("pg-baseline", {
         "model.qk_gain_init": 5.0, "model.xsa_last_n": 4, "model.ve_last_n": 2, "model.bigram_buckets": 1536,
         "schedule.kind": "repeat", "schedule.n_layers": 11, "schedule.repeat_layers": (4, 5),
+        "schedule.n_loops": 2,
         "train.ema_decay": 0.997, "quant.qat_bits": 6, "quant.qat_start_frac": 0.85, "quant.export_bits": 6,
         "quant.gptq_lite": True, "eval.stride": 64, "eval.ttt": "pre_quant", "eval.ttt_lr": 0.0005,
         "eval.ttt_epochs": 10,
@@ -504,11 +522,36 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
 }
 
 
+def _scaled_seed(seed: str, size: str) -> dict[str, Any]:
+    """A seed preset at the quick/cpu preset's size: same schedule and tricks, smaller width, the
+    size preset's training/eval budget, and the seed's ratio of query to KV heads."""
+    seed_over = _resolve_preset(seed)
+    size_over = {k: v for k, v in _resolve_preset(size).items() if not k.startswith("schedule.")}
+    heads = size_over["model.n_heads"]
+    ratio = seed_over.get("model.n_heads", 8) // seed_over.get("model.n_kv_heads", 4)
+    merged = {**seed_over, **size_over, "model.n_kv_heads": max(1, heads // ratio)}
+    small = size_over["model.dim"] // 4
+    if merged.get("model.bigram_buckets"):
+        merged["model.bigram_buckets"] = min(merged["model.bigram_buckets"], 2048)
+        merged["model.bigram_dim"] = small
+    merged["model.ve_dim"] = small
+    merged["eval.ttt_chunk_tokens"] = 8 * merged["eval.seq_len"]
+    return merged
+
+
 def _resolve_preset(name: str) -> dict[str, Any]:
+    if name in SCALED_SEEDS:
+        return _scaled_seed(*SCALED_SEEDS[name])
     base, overrides = PRESETS[name]
     merged = _resolve_preset(base) if base else {}
     merged.update(overrides)
     return merged
+
+
+# Scaled-down seeds for CPU: "seed-927-quick", "seed-927-cpu", ...
+SCALED_SEEDS = {f"{seed}-{size}": (seed, size) for seed in ("seed-927", "seed-1406", "seed-341", "seed-1096")
+                for size in ("quick", "cpu")}
+PRESETS.update({name: (None, {}) for name in SCALED_SEEDS})  # resolved by _scaled_seed
 
 
 def preset_names() -> list[str]:

@@ -62,7 +62,9 @@ def test_overrides_parse_strings_by_field_type() -> None:
     ({"model.n_kv_heads": 3}, r"model\.n_kv_heads = 3 must divide model\.n_heads = 8"),
     ({"model.dim": 516}, r"model\.dim = 516 must be divisible by model\.n_heads = 8"),
     ({"train.batch_tokens": 1000}, r"train\.batch_tokens = 1000 must be a multiple of train\.seq_len = 1024"),
-    ({"schedule.kind": "repeat", "schedule.repeat_layers": (4, 12)}, r"indices \[12\] are outside \[0, 8\]"),
+    ({"schedule.kind": "repeat", "schedule.repeat_layers": (8, 9)}, r"indices \[9\] are outside \[0, 8\]"),
+    ({"schedule.kind": "repeat", "schedule.repeat_layers": (3, 5)}, r"must be a contiguous range"),
+    ({"model.loop_lora_targets": ("q", "gate")}, r"unknown \['gate'\]; choose from"),
     ({"schedule.kind": "looped", "schedule.n_prelude": 1}, r"use schedule\.kind = 'hybrid'"),
     ({"model.loop_lora_rank": 8}, r"loop_lora_form = 'matrices'"),
 ])

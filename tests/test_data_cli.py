@@ -74,3 +74,9 @@ def test_cli_build_and_audit(tmp_path: Path, tiny_text_dir: Path, capsys: pytest
     assert main(["data", "info", "--out", str(tmp_path / "none")]) == 1
     assert main(["data", "build", "--out", str(tmp_path / "e"), "--text-dir", str(tmp_path / "missing")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_cli_model_describe(capsys: pytest.CaptureFixture) -> None:
+    assert main(["model", "describe", "--preset", "seed-1096"]) == 0
+    out = capsys.readouterr().out
+    assert "P0 | 1 2 3 4 | 1 2 3 4 | 1 2 3 4 | C5" in out and "14 effective layers from 6 unique blocks" in out

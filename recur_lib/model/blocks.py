@@ -1,0 +1,134 @@
+"""The transformer block of the parameter-golf baseline: attention, MLP, block.
+
+Follows `train_gpt.py` of openai/parameter-golf: parameter-free RMSNorm, GQA attention through
+`F.scaled_dot_product_attention` with RoPE, RMS-normalised q/k and a learnable per-head query gain,
+relu^2 MLP, and per-block `attn_scale`, `mlp_scale` and `resid_mix` (a learned mix of the residual
+with the input embedding x0). Output projections start at zero, so each block starts as identity.
+
+A block's forward takes an optional `StepExtras` so that one shared block can run differently per
+loop (LoRA deltas, loop gains, XSA, value embedding) without any branching on the block itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .tricks import exclusive_self_attention
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    """RoPE tables, computed for the longest length seen so far and cached (not saved)."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0] < T or self._cache[1] != device:
+            t = torch.arange(T, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            self._cache = (T, device, freqs.cos()[None, None], freqs.sin()[None, None])
+        _, _, cos, sin = self._cache
+        return cos[:, :, :T], sin[:, :, :T]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+@dataclass
+class StepExtras:
+    """What one schedule step adds to a (possibly shared) block."""
+    lora: nn.Module | None = None          # LoopLoRA of this (block, loop), or None
+    attn_gain: torch.Tensor | None = None  # (dim,) per-loop gain on the attention branch
+    mlp_gain: torch.Tensor | None = None   # (dim,) per-loop gain on the MLP branch
+    xsa: bool = False                      # exclusive self-attention at this step
+    ve: torch.Tensor | None = None         # (B, T, kv_dim) value embedding to add to v
+
+
+def _proj(linear: nn.Linear, x: torch.Tensor, extras: StepExtras | None, name: str) -> torch.Tensor:
+    y = linear(x)
+    if extras is not None and extras.lora is not None:
+        y = extras.lora.add_delta(name, x, y)
+    return y
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, rope_base: float, qk_gain_init: float) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
+        kv_dim = n_kv_heads * self.head_dim
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, kv_dim, bias=False)
+        self.v = nn.Linear(dim, kv_dim, bias=False)
+        self.o = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.o.weight)  # the block starts as identity
+        self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init))
+        self.rotary = Rotary(self.head_dim, rope_base)
+
+    def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = _proj(self.q, x, extras, "q").view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
+        k = _proj(self.k, x, extras, "k").view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
+        v = _proj(self.v, x, extras, "v")
+        if extras is not None and extras.ve is not None:
+            v = v + extras.ve
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)                               # (B, KV, T, hd)
+        q, k = rms_norm(q), rms_norm(k)
+        cos, sin = self.rotary(T, x.device)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        if extras is not None and extras.xsa:
+            y = exclusive_self_attention(y, v)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)                                              # (B, T, dim)
+        return _proj(self.o, y, extras, "o")
+
+
+class MLP(nn.Module):
+    """relu^2 MLP (baseline: hidden = 2 x dim)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=False)
+        self.proj = nn.Linear(hidden, dim, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
+        h = torch.relu(_proj(self.fc, x, extras, "fc")).square()
+        return _proj(self.proj, h, extras, "proj")
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, mlp_hidden: int, rope_base: float,
+                 qk_gain_init: float) -> None:
+        super().__init__()
+        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init)
+        self.mlp = MLP(dim, mlp_hidden)
+        self.attn_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # (2, dim): [x, x0]
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        a = self.attn_scale.to(x.dtype) * self.attn(rms_norm(x), extras)
+        if extras is not None and extras.attn_gain is not None:
+            a = a * extras.attn_gain.to(x.dtype)
+        x = x + a
+        m = self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x), extras)
+        if extras is not None and extras.mlp_gain is not None:
+            m = m * extras.mlp_gain.to(x.dtype)
+        return x + m

@@ -23,10 +23,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 data: setup
 	$(PY) -m recur_lib.cli data build
 
-# Until the notebooks land, the workbook is the data path that exists: build, audit, report.
+# Until the notebooks land, the workbook is the path that exists: build, audit, describe the model.
 workbook: data
 	$(PY) -m recur_lib.cli data audit --preset $(PRESET)
 	$(PY) -m recur_lib.cli config show --preset $(PRESET)
+	$(PY) -m recur_lib.cli model describe --preset $(PRESET)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

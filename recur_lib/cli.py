@@ -1,6 +1,7 @@
 """`recur` command line: data build/audit/info and config inspection.
 
     recur data build [--text-dir DIR] [--out data/default]
+    recur train --preset quick --set train.iterations=50 [--resume | --force]
     recur data audit --preset quick --set data.root=/path/to/fineweb10B_sp1024
     recur config show --preset seed-927 --set model.dim=768 [--json]
     recur model describe --preset seed-1096
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = data.add_parser("info", help="print a build's manifest")
     i.add_argument("--out", default="data/default")
     i.set_defaults(func=cmd_data_info)
+
+    from .train import add_train_args, run_cli
+    tr = sub.add_parser("train", help="train one job (under torchrun: one job over N processes)")
+    add_train_args(tr)
+    tr.set_defaults(func=run_cli)
 
     model = sub.add_parser("model", help="inspect model shapes").add_subparsers(dest="cmd", required=True)
     md = model.add_parser("describe", help="schedule, effective depth and parameter counts of a preset")

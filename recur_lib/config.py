@@ -116,7 +116,14 @@ class TrainConfig(_Group):
     swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927: 0.2)", 0.0, 1.0)
     swa_every: int = _f(50, "SWA snapshot interval in steps (#927: 50)", 1, None)
     val_every: int = _f(0, "validate every N steps (0 = only at the end)", 0, None)
-    log_every: int = _f(10, "log a metrics line every N steps", 1, None)
+    log_every: int = _f(10, "log a metrics line (and per-group update norms) every N steps", 1, None)
+    grad_accum_steps: int = _f(1, "micro-batches per step on each rank (same global batch, less memory)", 1, 1024)
+    ckpt_every: int = _f(0, "write a resumable checkpoint every N steps (0 = at the end and on Ctrl-C only)", 0, None)
+    diverge_loss: float = _f(0.0, "a train loss above this for diverge_patience steps ends the run as diverged "
+                             "(0 = only NaN/inf)", 0.0, None)
+    diverge_patience: int = _f(3, "consecutive steps above diverge_loss before the run counts as diverged", 1, None)
+    eval_weights: Literal["auto", "raw", "ema", "swa"] = _f(
+        "auto", "weights for final eval/export: auto = SWA if it has snapshots, else EMA if on, else raw")
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,9 @@ class OptimConfig(_Group):
     head_lr: float = _f(0.008, "Adam lr of an untied head", 0.0, 10.0)
     lora_lr: float = _f(0.01, "lr of per-loop LoRA factors", 0.0, 10.0)
     lora_optimizer: Literal["adamw", "muon"] = _f("adamw", "optimizer of LoRA matrices (#1096: AdamW)")
+    lora_scale_rule: Literal["keller", "moonlight", "none"] = _f(
+        "keller", "Muon update scale for LoRA factors when they are on Muon (the ablation varies it)")
+    lora_weight_decay: float = _f(0.0, "decoupled weight decay on LoRA factors", 0.0, 1.0)
     muon_momentum: float = _f(0.95, "Muon momentum after warmup (#927: 0.99)", 0.0, 1.0)
     muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0", 0.0, 1.0)
     muon_momentum_warmup_steps: int = _f(500, "steps to warm Muon momentum up", 0, None)
@@ -325,6 +335,12 @@ class Config:
         need(t.batch_tokens % t.seq_len == 0,
              f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.seq_len = {t.seq_len}")
         need(e.stride <= e.seq_len, f"eval.stride = {e.stride} must be <= eval.seq_len = {e.seq_len}")
+        need(not (self.optim.lora_optimizer == "muon" and m.loop_lora_rank and m.loop_lora_form == "vectors"),
+             "optim.lora_optimizer = 'muon' needs model.loop_lora_form = 'matrices': Muon orthogonalises "
+             "matrices and the 'vectors' form stores 1-D tensors")
+        need(t.batch_tokens % (t.seq_len * t.grad_accum_steps * self.run.nproc) == 0,
+             f"train.batch_tokens = {t.batch_tokens} must split into whole sequences of train.seq_len = "
+             f"{t.seq_len} over run.nproc = {self.run.nproc} ranks x train.grad_accum_steps = {t.grad_accum_steps}")
 
     # -- derived quantities, computed from the fields (never stored) --
     @property

@@ -13,8 +13,8 @@ import sentencepiece as spm
 from .bpb import ByteTables, build_byte_tables
 from .config import Config
 from .paths import resolve
-from .shards import ShardError, list_shards, read_shard
-from .tokenizer import load_tokenizer
+from .shards import list_shards, read_shard
+from .tokenizer import TokenizerError, load_tokenizer
 
 
 @dataclass
@@ -34,7 +34,7 @@ def open_data(cfg: Config, check_ids: bool = True) -> Data:
     val = list_shards(root, d.val_glob)
     sp = load_tokenizer(resolve(d.tokenizer, base=root), vocab)
     if sp.vocab_size() != vocab:
-        raise ShardError(f"{root}: tokenizer has {sp.vocab_size()} pieces but model.vocab_size = {vocab}; "
+        raise TokenizerError(f"{root}: tokenizer has {sp.vocab_size()} pieces but model.vocab_size = {vocab}; "
                          f"set model.vocab_size={sp.vocab_size()} (e.g. --set model.vocab_size={sp.vocab_size()})")
     if check_ids:
         for f in (train[0], val[0]):

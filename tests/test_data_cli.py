@@ -28,7 +28,7 @@ def test_open_data(tiny_data: Path) -> None:
 def test_wrong_vocab_is_explained(tiny_data: Path) -> None:
     with pytest.raises(TokenizerError, match=f"set model.vocab_size={TINY_VOCAB}"):
         open_data(cfg_for(tiny_data, **{"model.vocab_size": 300}))
-    with pytest.raises(ShardError, match=f"model.vocab_size={TINY_VOCAB}"):
+    with pytest.raises(TokenizerError, match=f"model.vocab_size={TINY_VOCAB}"):
         open_data(cfg_for(tiny_data, **{"model.vocab_size": 1024}))
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..quant import QLinear
 from .tricks import exclusive_self_attention
 
 
@@ -58,7 +59,7 @@ class StepExtras:
     ve: torch.Tensor | None = None         # (B, T, kv_dim) value embedding to add to v
 
 
-def _proj(linear: nn.Linear, x: torch.Tensor, extras: StepExtras | None, name: str) -> torch.Tensor:
+def _proj(linear: QLinear, x: torch.Tensor, extras: StepExtras | None, name: str) -> torch.Tensor:
     y = linear(x)
     if extras is not None and extras.lora is not None:
         y = extras.lora.add_delta(name, x, y)
@@ -70,10 +71,10 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         kv_dim = n_kv_heads * self.head_dim
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(dim, kv_dim, bias=False)
-        self.v = nn.Linear(dim, kv_dim, bias=False)
-        self.o = nn.Linear(dim, dim, bias=False)
+        self.q = QLinear(dim, dim, bias=False)
+        self.k = QLinear(dim, kv_dim, bias=False)
+        self.v = QLinear(dim, kv_dim, bias=False)
+        self.o = QLinear(dim, dim, bias=False)
         nn.init.zeros_(self.o.weight)  # the block starts as identity
         self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init))
         self.rotary = Rotary(self.head_dim, rope_base)
@@ -102,8 +103,8 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc = nn.Linear(dim, hidden, bias=False)
-        self.proj = nn.Linear(hidden, dim, bias=False)
+        self.fc = QLinear(dim, hidden, bias=False)
+        self.proj = QLinear(hidden, dim, bias=False)
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..quant import QLinear
+
 
 def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """XSA: remove from each head's attention output its component along the token's own value.
@@ -58,7 +60,7 @@ class BigramHash(nn.Module):
         self.buckets = buckets
         self.table = nn.Embedding(buckets, hidden)
         nn.init.normal_(self.table.weight, std=0.01)
-        self.proj = nn.Linear(hidden, dim, bias=False)
+        self.proj = QLinear(hidden, dim, bias=False)
         nn.init.zeros_(self.proj.weight)
 
     def bucket_ids(self, idx: torch.Tensor) -> torch.Tensor:
@@ -81,7 +83,7 @@ class ValueEmbedding(nn.Module):
         super().__init__()
         self.table = nn.Embedding(vocab_size, ve_dim)
         nn.init.normal_(self.table.weight, std=0.02)
-        self.proj = nn.Linear(ve_dim, kv_dim, bias=False)
+        self.proj = QLinear(ve_dim, kv_dim, bias=False)
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

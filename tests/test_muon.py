@@ -1,0 +1,90 @@
+"""Muon and the routing table: orthogonalisation, scale rules, exact-one-rule routing, the table."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recur_lib import Config, build_model
+from recur_lib.muon import SCALE_RULES, Muon, Optimizers, RoutingError, newton_schulz, route_parameters
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (128, 32), (32, 128), (576, 8)])
+def test_newton_schulz_gives_near_orthogonal_updates(shape: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    U, _, Vh = torch.linalg.svd(torch.randn(*shape, generator=gen), full_matrices=False)
+    k = min(shape)
+    G = U @ torch.diag(torch.logspace(-1, 1, k)) @ Vh  # singular values over two decades
+    X = newton_schulz(G).float()
+    s = torch.linalg.svdvals(X)
+    assert X.shape == G.shape and X.dtype == torch.float32
+    assert 0.5 < s.min() and s.max() < 1.3  # the quintic's band around 1, not exact orthogonality
+    assert torch.sign((X * G).sum()) > 0     # points along G
+
+
+def test_scale_rules() -> None:
+    assert SCALE_RULES["keller"](576, 8) == pytest.approx(math.sqrt(72)) == pytest.approx(8.485, abs=1e-3)
+    assert SCALE_RULES["keller"](8, 576) == 1.0
+    assert SCALE_RULES["moonlight"](576, 8) == pytest.approx(0.2 * 24)
+    assert SCALE_RULES["none"](576, 8) == 1.0
+
+
+def test_muon_step_matches_its_definition() -> None:
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(16, 4))
+    p0 = p.detach().clone()
+    opt = Muon([p], lr=0.1, momentum=0.9, scale_rule="keller", weight_decay=0.1)
+    g = torch.randn(16, 4)
+    p.grad = g.clone()
+    opt.step()
+    buf = g  # first step: momentum buffer = grad
+    upd = newton_schulz(g + 0.9 * buf) * math.sqrt(16 / 4)
+    expect = p0 * (1 - 0.1 * 0.1) - 0.1 * upd.bfloat16().float()
+    torch.testing.assert_close(p.detach(), expect, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+
+
+@pytest.mark.parametrize("preset", ["pg-baseline", "seed-927", "seed-1406", "seed-341", "seed-1096"])
+def test_every_parameter_matches_exactly_one_rule(preset: str) -> None:
+    with torch.device("meta"):
+        m = build_model(Config.from_name(preset, {"model.use_loop_scales": True, "model.use_loop_embedding": True,
+                                                  "model.tie_embeddings": False}))
+    groups = route_parameters(m)
+    names = [n for named in groups.values() for n, _ in named]
+    assert sorted(names) == sorted(n for n, _ in m.named_parameters())
+    assert all(p.ndim == 2 for _, p in groups["matrices"])
+    assert [n for n, _ in groups["head"]] == ["lm_head.weight"]
+
+
+def test_unrouted_parameter_fails_naming_it() -> None:
+    m = build_model(Config.from_name("smoke"))
+    m.register_parameter("mystery", torch.nn.Parameter(torch.zeros(4, 4)))
+    with pytest.raises(RoutingError, match=r"parameter 'mystery' \(4, 4\) matches no routing rule"):
+        route_parameters(m)
+
+
+def test_lora_routing_follows_the_config() -> None:
+    base = {"model.loop_lora_rank": 8, "model.loop_lora_form": "matrices"}
+    m = build_model(Config.from_name("seed-1096-quick", {**base, "optim.lora_optimizer": "muon",
+                                                          "optim.lora_scale_rule": "none"}))
+    opt = Optimizers(m, m.cfg)
+    lora = opt.optimizers["lora"]
+    assert isinstance(lora, Muon) and lora.param_groups[0]["scale_rule"] == "none"
+    assert opt.optimizers["matrices"].param_groups[0]["scale_rule"] == "keller"
+    assert "lora          muon" in opt.table()
+    m2 = build_model(Config.from_name("seed-1096-quick", base))
+    assert isinstance(Optimizers(m2, m2.cfg).optimizers["lora"], torch.optim.AdamW)
+    m3 = build_model(Config.from_name("seed-1096-quick"))
+    assert "lora_vectors" in Optimizers(m3, m3.cfg).optimizers
+
+
+def test_lr_scale_and_momentum_setters() -> None:
+    m = build_model(Config.from_name("smoke"))
+    opt = Optimizers(m, m.cfg)
+    opt.set_lr_scale(0.5)
+    opt.set_muon_momentum(0.9)
+    assert opt.optimizers["matrices"].param_groups[0]["lr"] == pytest.approx(0.02)
+    assert opt.optimizers["embed"].param_groups[0]["lr"] == pytest.approx(0.025)
+    assert opt.optimizers["matrices"].param_groups[0]["momentum"] == 0.9

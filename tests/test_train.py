@@ -1,0 +1,235 @@
+"""Training jobs: outputs, bitwise resume, interruption, divergence, refusals, schedules, and
+1 process vs 2 processes (torchrun, gloo) giving the same loss curve."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from recur_lib import Config
+from recur_lib.loader import DistributedTokenLoader
+from recur_lib.shards import ShardError
+from recur_lib.tokenizer import TokenizerError
+from recur_lib.train import RunExistsError, WeightAverager, lr_scale, muon_momentum, train
+
+from conftest import TINY_VOCAB
+
+# A run that touches every piece of state: a shared core with per-loop LoRA on Muon, EMA and SWA,
+# late QAT, grad clipping, and a learning rate with warmup and warmdown.
+RICH = {"model.loop_lora_rank": 2, "model.loop_lora_form": "matrices", "optim.lora_optimizer": "muon",
+        "model.use_loop_scales": True, "train.ema_decay": 0.9, "train.swa_start_frac": 0.5, "train.swa_every": 2,
+        "quant.qat_bits": 6, "quant.qat_start_frac": 0.5, "train.grad_clip": 1.0, "train.warmup_steps": 2,
+        "train.warmdown_iters": 4, "train.log_every": 3}
+
+
+def cfg_for(data: Path, runs: Path, name: str, iterations: int = 8, **over) -> Config:
+    return Config.from_name("smoke", {"data.root": str(data), "model.vocab_size": TINY_VOCAB, "run.out_dir": str(runs),
+                                      "run.name": name, "train.iterations": iterations, **over})
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [r["train_loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r]
+
+
+def test_finished_run_writes_everything(tiny_data: Path, tmp_path: Path) -> None:
+    r = train(cfg_for(tiny_data, tmp_path, "a", **RICH, **{"train.val_every": 4}))
+    assert r.status == "finished"
+    for f in ("config.json", "metrics.jsonl", "summary.json", "train.log", "ckpt.pt", "model.pt"):
+        assert (r.run_dir / f).exists(), f
+    s = json.loads((r.run_dir / "summary.json").read_text())
+    assert s["steps"] == 8 and s["tokens"] == 8 * 512 and s["eval_weights"] == "swa"
+    assert math.isfinite(s["final_val_bpb"]) and s["config"] == Config.load(r.run_dir / "config.json").to_dict()
+    assert s["torch"] == torch.__version__ and "git_commit" in s and s["tokens_per_s"] > 0
+    recs = [json.loads(x) for x in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs if "train_loss" in x] == list(range(1, 9))
+    assert recs[0]["step"] == 0 and "train_loss" not in recs[0]  # val before the first step
+    logged = [x for x in recs if "update_rms" in x]
+    assert [x["step"] for x in logged] == [3, 6, 8]
+    assert set(logged[0]["update_rms"]) == {"scalars", "embed", "matrices", "lora"}
+    norms = logged[-1]["lora_norms"]
+    assert set(norms) == {f"b1_l{loop}.{t}" for loop in (0, 1) for t in ("q", "k", "v", "o", "fc", "proj")}
+    assert all(len(v) == 3 and v[1] > 0 for v in norms.values())  # B moved off its zero init
+    assert [x["step"] for x in recs if "val_bpb" in x] == [0, 4, 8] and recs[-1]["final"]
+    assert "matrices      muon" in (r.run_dir / "train.log").read_text()
+
+
+def test_lora_product_norm_is_the_norm_of_BA(tiny_data: Path, tmp_path: Path) -> None:
+    from recur_lib.model import build_model
+    from recur_lib.train import lora_norms
+    m = build_model(cfg_for(tiny_data, tmp_path, "n", **RICH))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    f = m.loop_lora["b1_l1"]["fc"]
+    a, b, ba = lora_norms(m)["b1_l1.fc"]
+    assert (a, b) == pytest.approx((f.A.norm().item(), f.B.norm().item()))
+    assert ba == pytest.approx((f.B @ f.A).norm().item(), rel=1e-4)
+
+
+def test_resume_reproduces_the_uninterrupted_run_bitwise(tiny_data: Path, tmp_path: Path) -> None:
+    straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=10, **RICH))
+    cfg = cfg_for(tiny_data, tmp_path, "split", iterations=10, **RICH)
+    half = train(cfg, stop_at_step=5)
+    assert half.status == "interrupted" and (half.run_dir / "ckpt.pt").exists()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(cfg)
+    resumed = train(cfg, resume=True)
+    assert resumed.status == "finished"
+    assert losses(resumed.run_dir) == losses(straight.run_dir)  # bitwise: exact float equality
+    assert resumed.summary["final_val_bpb"] == straight.summary["final_val_bpb"]
+
+
+def test_crash_after_a_checkpoint_resumes_from_it(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=9, **RICH))
+    cfg = cfg_for(tiny_data, tmp_path, "crash", iterations=9, **{**RICH, "train.ckpt_every": 4})
+    real = DistributedTokenLoader.next_batch
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):  # dies while computing step 7, after the step-4 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise RuntimeError("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DistributedTokenLoader, "next_batch", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    monkeypatch.setattr(DistributedTokenLoader, "next_batch", real)
+    run_dir = tmp_path / "crash"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    assert len(losses(run_dir)) == 6  # steps 5-6 were logged after the checkpoint
+    resumed = train(cfg, resume=True)
+    assert losses(resumed.run_dir) == losses(straight.run_dir)
+
+
+def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = cfg_for(tiny_data, tmp_path, "ctrlc", iterations=6)
+    real = DistributedTokenLoader.next_batch
+    calls = {"n": 0}
+
+    def interrupt(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DistributedTokenLoader, "next_batch", interrupt)
+    r = train(cfg)
+    assert r.status == "interrupted" and r.summary["steps"] == 3
+    monkeypatch.setattr(DistributedTokenLoader, "next_batch", real)
+    assert train(cfg, resume=True).summary["steps"] == 6
+
+
+def test_divergence_is_a_result_with_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    hot = {"optim.matrix_lr": 5.0, "optim.scalar_lr": 5.0, "optim.tied_embed_lr": 5.0,
+           "train.diverge_loss": 10.0, "train.diverge_patience": 2, "train.ckpt_every": 1}
+    r = train(cfg_for(tiny_data, tmp_path, "hot", iterations=20, **hot))
+    assert r.status == "diverged" and r.summary["diverged_at_step"] < 20
+    good = r.summary["last_good_step"]
+    assert r.summary["last_good_checkpoint"] and good < r.summary["diverged_at_step"]
+    ck = torch.load(r.run_dir / "ckpt.pt", weights_only=True)
+    assert ck["step"] == good and losses(r.run_dir)[good - 1] <= 10.0
+    with pytest.raises(RunExistsError, match="diverged run"):
+        train(cfg_for(tiny_data, tmp_path, "hot", iterations=20, **hot))
+
+
+def test_nan_loss_diverges_immediately(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recur_lib.model.gpt import RecurGPT
+    real = RecurGPT.forward
+    monkeypatch.setattr(RecurGPT, "forward", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    r = train(cfg_for(tiny_data, tmp_path, "nan", iterations=5))
+    assert r.status == "diverged" and r.summary["diverged_at_step"] == 1 and "nan" in r.summary["reason"]
+
+
+def test_finished_run_is_refused_unless_forced(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(tiny_data, tmp_path, "done", iterations=2)
+    first = train(cfg)
+    with pytest.raises(RunExistsError, match="--force"):
+        train(cfg)
+    with pytest.raises(RunExistsError):
+        train(cfg, resume=True)
+    again = train(cfg, force=True)
+    assert again.status == "finished"
+    backups = list(tmp_path.glob("done.replaced-*"))
+    assert len(backups) == 1 and json.loads((backups[0] / "summary.json").read_text())["status"] == "finished"
+    assert first.summary["final_val_bpb"] == again.summary["final_val_bpb"]  # seeded and deterministic
+
+
+def test_resume_with_a_different_model_is_refused(tiny_data: Path, tmp_path: Path) -> None:
+    train(cfg_for(tiny_data, tmp_path, "r", iterations=4), stop_at_step=2)
+    with pytest.raises(Exception, match=r"model\.dim"):
+        train(cfg_for(tiny_data, tmp_path, "r", iterations=4, **{"model.dim": 64}), resume=True)
+
+
+def test_bad_data_is_explained(tiny_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(TokenizerError, match=f"model.vocab_size={TINY_VOCAB}"):
+        train(Config.from_name("smoke", {"data.root": str(tiny_data), "run.out_dir": str(tmp_path)}))
+    with pytest.raises(ShardError, match="recur data build"):
+        train(cfg_for(tmp_path / "nowhere", tmp_path, "x"))
+    assert json.loads((tmp_path / "x" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_lr_schedule_and_momentum_warmup() -> None:
+    c = Config.from_name("smoke", {"train.iterations": 100, "train.warmup_steps": 10, "train.warmdown_iters": 20})
+    assert [lr_scale(s, 0.0, c) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0]
+    assert lr_scale(80, 0.0, c) == 1.0 and lr_scale(90, 0.0, c) == pytest.approx(0.5)
+    w = c.override({"train.max_wallclock_s": 100.0})
+    assert lr_scale(50, 50.0, w) == 1.0  # 1 s/step: warmdown is the last 20 s
+    assert lr_scale(90, 90.0, w) == pytest.approx(0.5) and lr_scale(99, 120.0, w) == 0.0
+    m = Config.from_name("smoke", {"optim.muon_momentum_warmup_steps": 10})
+    assert [muon_momentum(s, m) for s in (0, 5, 10, 50)] == pytest.approx([0.85, 0.90, 0.95, 0.95])
+
+
+def test_weight_averager_math() -> None:
+    lin = torch.nn.Linear(2, 1, bias=False)
+    cfg = Config.from_name("smoke", {"train.iterations": 10, "train.ema_decay": 0.5, "train.swa_start_frac": 0.2,
+                                     "train.swa_every": 2})
+    avg = WeightAverager(lin, cfg)
+    seen = []
+    for step in range(1, 7):
+        with torch.no_grad():
+            lin.weight.fill_(float(step))
+        avg.update(lin, step)
+        seen.append(step)
+    assert avg.swa["weight"][0, 0].item() == pytest.approx((2 + 4 + 6) / 3) and avg.swa_count == 3
+    ema = 0.0  # init weights were random; after 6 updates with decay .5 the init weighs 1/64
+    assert avg.choose("auto")[0] == "swa" and avg.choose("ema")[0] == "ema"
+    del ema, seen
+
+
+def _two_process_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_two_processes_give_the_one_process_loss_curve(tiny_data: Path, tmp_path: Path) -> None:
+    """2 ranks x 1 micro-batch and 1 rank x 2 micro-batches read the same tokens in the official
+    span layout (rank r / micro-step r gets span[r*(L+1):(r+1)*(L+1)]), so their curves must agree up
+    to summation order and bf16 Newton-Schulz rounding."""
+    over = {"train.iterations": 6, "run.nproc": 2, "train.log_every": 3, "model.loop_lora_rank": 2,
+            "model.loop_lora_form": "matrices", "optim.lora_optimizer": "muon"}
+    cfg = cfg_for(tiny_data, tmp_path, "ddp", **over)
+    cfg.save(tmp_path / "cfg.json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "recur_lib.train", "--config", str(tmp_path / "cfg.json")]
+    res = subprocess.run(cmd, env=_two_process_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert two["world_size"] == 2 and two["status"] == "finished"
+    torch.set_num_threads(1)
+    try:
+        one = train(cfg_for(tiny_data, tmp_path, "single", **{**over, "run.nproc": 1, "train.grad_accum_steps": 2}))
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    a, b = losses(tmp_path / "ddp"), losses(one.run_dir)
+    assert len(a) == len(b) == 6
+    assert a == pytest.approx(b, rel=1e-5), (a, b)
+    assert two["final_val_bpb"] == pytest.approx(one.summary["final_val_bpb"], rel=1e-5)

@@ -454,6 +454,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
     p.add_argument("--resume", action="store_true", help="continue the run in the folder from its checkpoint")
     p.add_argument("--force", action="store_true", help="move an existing run aside and train again")
+    p.add_argument("--reuse", action="store_true",
+                   help="a finished run in the folder is reported instead of retrained; an unfinished one resumes")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -478,7 +480,16 @@ def main(argv: list[str] | None = None) -> int:
 def run_cli(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
-        result = train(cfg, args.run_dir, resume=args.resume, force=args.force)
+        run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
+        resume = args.resume
+        if args.reuse and not args.force:
+            done = read_summary(run_dir)
+            if done and done.get("status") in FINAL_STATUSES:
+                print(f"{run_dir}: reusing the {done['status']} run (val_bpb {done.get('final_val_bpb')}); "
+                      "--force to train again")
+                return 0
+            resume = resume or (run_dir / "ckpt.pt").exists()
+        result = train(cfg, run_dir, resume=resume, force=args.force)
     except (ConfigError, RunExistsError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -233,3 +233,17 @@ def test_two_processes_give_the_one_process_loss_curve(tiny_data: Path, tmp_path
     assert len(a) == len(b) == 6
     assert a == pytest.approx(b, rel=1e-5), (a, b)
     assert two["final_val_bpb"] == pytest.approx(one.summary["final_val_bpb"], rel=1e-5)
+
+
+def test_cli_reuse_reports_finished_and_resumes_unfinished(tiny_data: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from recur_lib.cli import main
+    cfg = cfg_for(tiny_data, tmp_path, "cli", iterations=4)
+    cfg.save(tmp_path / "c.json")
+    train(cfg, stop_at_step=2)
+    assert main(["train", "--config", str(tmp_path / "c.json")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--reuse"]) == 0  # resumes
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["steps"] == 4
+    assert main(["train", "--config", str(tmp_path / "c.json"), "--reuse"]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     recur data build [--text-dir DIR] [--out data/default]
     recur train --preset quick --set train.iterations=50 [--resume | --force]
+    recur eval runs/quick --set eval.stride=64 --set eval.ttt=score_first
     recur data audit --preset quick --set data.root=/path/to/fineweb10B_sp1024
     recur config show --preset seed-927 --set model.dim=768 [--json]
     recur model describe --preset seed-1096
@@ -16,18 +17,18 @@ from pathlib import Path
 from .config import Config, ConfigError, describe_fields, preset_names
 
 
-def _config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {}
     for item in args.set or []:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.dim=256")
         overrides[key.strip()] = value
-    base = Config.load(args.config) if getattr(args, "config", None) else Config.from_name(args.preset)
+    base = Config.load(args.config) if args.config else Config.from_name(args.preset)
     return base.override(overrides)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=preset_names(), help="named preset (default: quick)")
     p.add_argument("--config", help="a config JSON file (instead of --preset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. model.dim=256")
@@ -51,7 +52,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 def cmd_data_audit(args: argparse.Namespace) -> int:
     from .bpb import audit_split
     from .data import open_data
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     data = open_data(cfg)
     files = data.val_files if args.split == "val" else data.train_files
     report = audit_split(files, data.tokenizer, cfg.model.vocab_size)
@@ -72,7 +73,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     if args.json:
         print(cfg.to_json())
     else:
@@ -86,9 +87,28 @@ def cmd_model_describe(args: argparse.Namespace) -> int:
     import torch
 
     from .model import build_model
-    cfg = _config_from_args(args)
+    cfg = config_from_args(args)
     with torch.device("meta"):  # shapes and counts only: full-size presets cost no memory
         print(build_model(cfg).describe())
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+    from .train import run_dir_for
+    cfg = None
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.set or run_dir is None:
+        base = Config.load(run_dir / "config.json") if run_dir else config_from_args(args)
+        cfg = base.override(dict(kv.split("=", 1) for kv in args.set or []))
+        run_dir = run_dir or run_dir_for(cfg)
+    out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only)
+    f, q = out["float"], out["quantized"]
+    for mode in f:
+        print(f"{mode:<8} float {f[mode]['val_bpb']:.4f}  quantized {q[mode]['val_bpb']:.4f}")
+    a = out["artifact"]
+    print(f"quant gap {out['quant_gap_bpb']:+.4f} bpb; artifact {a['total_bytes']:,} bytes "
+          f"(model {a['model_bytes']:,} + code {a['code_bytes']:,}) -> {run_dir / 'eval.json'}")
     return 0
 
 
@@ -112,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="rebuild every stage")
     b.set_defaults(func=cmd_data_build)
     a = data.add_parser("audit", help="check bpb byte accounting against decoded text on a split")
-    _add_config_args(a)
+    add_config_args(a)
     a.add_argument("--split", choices=["val", "train"], default="val")
     a.set_defaults(func=cmd_data_audit)
     i = data.add_parser("info", help="print a build's manifest")
@@ -124,14 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(tr)
     tr.set_defaults(func=run_cli)
 
+    ev = sub.add_parser("eval", help="export a run's artifact and evaluate float and quantized weights -> eval.json")
+    ev.add_argument("run_dir", nargs="?", help="run folder (default: from --preset/--set run.name)")
+    add_config_args(ev)
+    ev.add_argument("--artifact", help="artifact path (default: RUN_DIR/model.rgolf)")
+    ev.add_argument("--report-only", action="store_true", help="measure an over-budget artifact instead of failing")
+    ev.set_defaults(func=cmd_eval)
+
     model = sub.add_parser("model", help="inspect model shapes").add_subparsers(dest="cmd", required=True)
     md = model.add_parser("describe", help="schedule, effective depth and parameter counts of a preset")
-    _add_config_args(md)
+    add_config_args(md)
     md.set_defaults(func=cmd_model_describe)
 
     conf = sub.add_parser("config", help="show configs and fields").add_subparsers(dest="cmd", required=True)
     s = conf.add_parser("show", help="the resolved config (differences from the baseline, or --json)")
-    _add_config_args(s)
+    add_config_args(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_config_show)
     conf.add_parser("fields", help="every field with type, default, range and help").set_defaults(func=cmd_config_fields)
@@ -142,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, RuntimeError, OSError) as e:
+    except (ConfigError, ValueError, RuntimeError, OSError) as e:  # ArtifactError, ShardError... are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -156,6 +156,9 @@ class QuantConfig(_Group):
     qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#1406: late)", 0.0, 1.0)
     clip_percentile: float = _f(99.99984, "per-row clip percentile before rounding", 50.0, 100.0)
     gptq_lite: bool = _f(False, "per-row clip search for least reconstruction error (#927)")
+    embed_bits: Literal[4, 5, 6, 8, 16] = _f(8, "per-row bits of embedding tables at export (16 = keep fp16)")
+    keep_float_max_numel: int = _f(65536, "tensors with at most this many entries stay float at export "
+                                   "(control tensors in fp32, others fp16), as the baseline", 0, None)
     zstd_level: int = _f(22, "zstandard level of the artifact", 1, 22)
     budget_bytes: int = _f(16_000_000, "artifact budget: code + compressed weights (decimal bytes)", 1, None)
 
@@ -171,6 +174,12 @@ class EvalConfig(_Group):
     ttt_lr: float = _f(0.002, "TTT learning rate (#927: 0.002, #1406: 0.0005)", 0.0, 10.0)
     ttt_epochs: int = _f(3, "TTT epochs per chunk (#927: 3, #1406: 10)", 1, 1000)
     ttt_chunk_tokens: int = _f(32768, "TTT chunk length in tokens (#927: 32768)", 2, None)
+    ttt_optimizer: Literal["sgd", "adamw", "muon"] = _f("sgd", "TTT optimizer (muon: Muon for matrices, SGD for the rest)")
+    ttt_momentum: float = _f(0.9, "momentum of the SGD/Muon TTT optimizer", 0.0, 1.0)
+    ttt_params: Literal["all", "blocks", "lora"] = _f("all", "which parameters TTT adapts")
+    ttt_block_lr_min: float = _f(1.0, "lr multiplier of the first block, rising linearly to 1.0 at the last "
+                                 "(#1406: 0.3)", 0.0, 1.0)
+    ttt_reset: bool = _f(False, "reset the weights before each chunk (False: adaptation carries over)")
 
 
 @dataclass(frozen=True)
@@ -475,6 +484,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "train.iterations": 4, "train.batch_tokens": 512, "train.seq_len": 64, "train.warmup_steps": 1,
         "train.warmdown_iters": 2, "train.max_wallclock_s": 0.0, "train.log_every": 1,
         "eval.seq_len": 64, "eval.batch_tokens": 4096, "data.val_max_tokens": 8192,
+        "eval.ttt_chunk_tokens": 512, "quant.keep_float_max_numel": 256,
         "run.device": "cpu", "run.dtype": "float32",
     }),
     # The default workbook: every notebook together well under 30 minutes on 2 CPU cores.
@@ -485,6 +495,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "train.iterations": 200, "train.batch_tokens": 8192, "train.seq_len": 256, "train.warmup_steps": 10,
         "train.warmdown_iters": 60, "train.max_wallclock_s": 0.0, "train.log_every": 10,
         "eval.seq_len": 256, "eval.batch_tokens": 16384, "data.val_max_tokens": 262144,
+        "eval.ttt_chunk_tokens": 2048, "quant.keep_float_max_numel": 2048,  # small models: quantize their blocks
         "run.device": "cpu", "run.dtype": "float32",
     }),
     # Published CPU results: hours allowed.
@@ -495,6 +506,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "train.iterations": 2000, "train.batch_tokens": 32768, "train.seq_len": 512, "train.warmup_steps": 20,
         "train.warmdown_iters": 400, "train.max_wallclock_s": 0.0, "train.log_every": 25,
         "train.val_every": 250, "eval.seq_len": 512, "eval.batch_tokens": 65536,
+        "eval.ttt_chunk_tokens": 4096, "quant.keep_float_max_numel": 2048,
         "run.device": "cpu", "run.dtype": "float32",
     }),
     # PR #927: 4 shared blocks x 7 loops at dim 1024, int6 QAT from step 0, score-first TTT.
@@ -519,7 +531,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "schedule.n_loops": 2,
         "train.ema_decay": 0.997, "quant.qat_bits": 6, "quant.qat_start_frac": 0.85, "quant.export_bits": 6,
         "quant.gptq_lite": True, "eval.stride": 64, "eval.ttt": "pre_quant", "eval.ttt_lr": 0.0005,
-        "eval.ttt_epochs": 10,
+        "eval.ttt_epochs": 10, "eval.ttt_optimizer": "adamw", "eval.ttt_block_lr_min": 0.3,
     }),
     # PR #341: hybrid unique prelude/coda around a shared core, dim 768, 22 effective layers. The
     # stored record does not give the split; 3 + 4x4 + 3 keeps its shape.
@@ -551,7 +563,6 @@ def _scaled_seed(seed: str, size: str) -> dict[str, Any]:
         merged["model.bigram_buckets"] = min(merged["model.bigram_buckets"], 2048)
         merged["model.bigram_dim"] = small
     merged["model.ve_dim"] = small
-    merged["eval.ttt_chunk_tokens"] = 8 * merged["eval.seq_len"]
     return merged
 
 

@@ -1,47 +1,290 @@
-"""Validation bits per byte with the official byte accounting, distributed with an exact reduction.
+"""Evaluation: exact val bpb, sliding windows, depth extrapolation, legal score-first TTT.
 
-Each rank scores a contiguous share of the non-overlapping windows; the NLL (float64) and byte
-counts are summed over ranks before dividing, so the result does not depend on the world size.
+Everything scores *targets*: target k is token k+1 predicted from tokens 0..k. `window_plan` lays
+windows of length L over a target range so that each target is scored exactly once, by the first
+window that reaches it, with up to L - stride tokens of context (stride = L: plain non-overlapping
+windows). Scores are per-target NLLs in nats; bpb sums them and the official byte counts over all
+targets and divides once, after an exact reduction over ranks (float64 NLL, int64 bytes).
+
+Score-first TTT (the legal pattern of parameter-golf #402/#677/#1017, used by #927): the targets are
+split into consecutive chunks; each chunk is scored under `torch.inference_mode()` with the current
+weights, its scores are final, and only then does the model adapt on that chunk. A target's score
+therefore depends only on tokens before it. `pre_quant_ttt` (#1406) instead adapts on the whole val
+text before export: it is switchable and every result made with it says so.
 """
 from __future__ import annotations
 
+import copy
 import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .bpb import ByteTables, count_bytes_torch
+from .config import Config
 from .device import Runtime, all_reduce_sum, autocast
 
 
+# -- windows ----------------------------------------------------------------------------------------
+
+
+def window_plan(a: int, b: int, n_targets: int, L: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows (start, lo, hi) scoring targets [a, b) once each: a window covers targets
+    start..start+L-1 and scores its offsets [lo, hi). stride 0 means L."""
+    s = stride or L
+    if n_targets < L:
+        raise ValueError(f"{n_targets} targets are fewer than one window of {L}; lower eval.seq_len")
+    out = []
+    pos = a
+    while pos < b:
+        start = max(0, pos + s - L)
+        end = min(start + L, b)            # = pos + s, except the first window, which scores all it sees
+        if start + L > n_targets:          # the tail: slide back so the window fits
+            start = n_targets - L
+        out.append((start, pos - start, end - start))
+        pos = end
+    return out
+
+
 @torch.no_grad()
+def score_windows(model: torch.nn.Module, tokens: torch.Tensor, plan: list[tuple[int, int, int]], L: int,
+                  batch_tokens: int, rt: Runtime, n_loops: int | None = None) -> list[torch.Tensor]:
+    """Per-window NLL of the scored offsets, in plan order (float64 on CPU)."""
+    out: list[torch.Tensor] = []
+    per_batch = max(1, batch_tokens // L)
+    for i in range(0, len(plan), per_batch):
+        group = plan[i:i + per_batch]
+        x = torch.stack([tokens[s:s + L] for s, _, _ in group]).to(rt.device)
+        y = torch.stack([tokens[s + 1:s + L + 1] for s, _, _ in group]).to(rt.device)
+        with autocast(rt):
+            nll = model(x, y, n_loops=n_loops, reduction="none")
+        for row, (_, lo, hi) in zip(nll.double().cpu(), group):
+            out.append(row[lo:hi])
+    return out
+
+
+def _bytes_of_targets(tokens: torch.Tensor, a: int, b: int, tables: ByteTables) -> int:
+    return int(count_bytes_torch(tokens[a:b], tokens[a + 1:b + 1], tables.to_torch()).sum())
+
+
+@dataclass
+class Scores:
+    nll: float            # summed nats
+    n_bytes: int
+    n_targets: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"val_bpb": self.nll / math.log(2) / self.n_bytes, "val_loss": self.nll / self.n_targets,
+                "val_tokens": self.n_targets, "val_bytes": self.n_bytes, "seconds": round(self.seconds, 2)}
+
+
+def eval_windows(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, L: int, stride: int,
+                 batch_tokens: int, rt: Runtime, n_loops: int | None = None) -> Scores:
+    """All targets of `tokens`, by windows of L with the given stride, split over ranks."""
+    t0 = time.perf_counter()
+    toks = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    n = len(toks) - 1
+    plan = window_plan(0, n, n, L, stride)
+    mine = plan[len(plan) * rt.rank // rt.world_size: len(plan) * (rt.rank + 1) // rt.world_size]
+    was = model.training
+    model.eval()
+    nll = sum((float(v.sum()) for v in score_windows(model, toks, mine, L, batch_tokens, rt, n_loops)), 0.0)
+    model.train(was)
+    n_bytes = sum(_bytes_of_targets(toks, s + lo, s + hi, tables) for s, lo, hi in mine)
+    n_tgt = sum(hi - lo for _, lo, hi in mine)
+    sums = torch.tensor([nll, float(n_bytes), float(n_tgt)], dtype=torch.float64, device=rt.device)
+    all_reduce_sum(sums, rt)
+    return Scores(float(sums[0]), int(sums[1]), int(sums[2]), time.perf_counter() - t0)
+
+
 def eval_bpb(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_tokens: int,
              rt: Runtime, n_loops: int | None = None) -> dict[str, float]:
-    """val loss (nats/token) and bpb over `tokens` (trimmed to whole windows: see loader.trim_for_eval)."""
-    was_training = model.training
+    """Plain val bpb (non-overlapping windows), as the training loop reports it."""
+    return eval_windows(model, tokens, tables, seq_len, 0, batch_tokens, rt, n_loops).as_dict()
+
+
+# -- test-time training ---------------------------------------------------------------------------------
+
+
+def _ttt_param_groups(model: torch.nn.Module, cfg: Config) -> list[dict[str, Any]]:
+    """Parameters TTT adapts, with #1406's per-block lr multipliers (first block lo -> last block 1.0)."""
+    e = cfg.eval
+    n_blocks = len(model.blocks)
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if e.ttt_params == "lora" and not name.startswith("loop_lora."):
+            continue
+        if e.ttt_params == "blocks" and not name.startswith("blocks."):
+            continue
+        mult = 1.0
+        if name.startswith("blocks.") and n_blocks > 1:
+            i = int(name.split(".")[1])
+            mult = e.ttt_block_lr_min + (1 - e.ttt_block_lr_min) * i / (n_blocks - 1)
+        groups.setdefault(mult, []).append(p)
+    if not groups:
+        raise ValueError(f"eval.ttt_params = {e.ttt_params!r} selects no parameter of this model "
+                         "(no per-loop LoRA?); use 'all' or 'blocks'")
+    return [{"params": ps, "lr": e.ttt_lr * m, "base_lr": e.ttt_lr * m} for m, ps in sorted(groups.items())]
+
+
+def make_ttt_optimizer(model: torch.nn.Module, cfg: Config) -> list[torch.optim.Optimizer]:
+    from .muon import Muon
+    e = cfg.eval
+    groups = _ttt_param_groups(model, cfg)
+    if e.ttt_optimizer == "adamw":
+        return [torch.optim.AdamW(groups, betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=0.0)]
+    if e.ttt_optimizer == "sgd":
+        return [torch.optim.SGD(groups, momentum=e.ttt_momentum)]
+    mats = [{**g, "params": [p for p in g["params"] if p.ndim == 2]} for g in groups]
+    rest = [{**g, "params": [p for p in g["params"] if p.ndim != 2]} for g in groups]
+    opts: list[torch.optim.Optimizer] = []
+    if any(g["params"] for g in mats):
+        opts.append(Muon([p for g in mats for p in g["params"]], lr=e.ttt_lr, momentum=e.ttt_momentum))
+    if any(g["params"] for g in rest):
+        opts.append(torch.optim.SGD([g for g in rest if g["params"]], momentum=e.ttt_momentum))
+    return opts
+
+
+def _adapt(model: torch.nn.Module, opts: list[torch.optim.Optimizer], toks: torch.Tensor, a: int, b: int,
+           cfg: Config, rt: Runtime, epochs: int, lr_at: Any = None) -> None:
+    """Train on targets [a, b) (inputs toks[a:b], labels toks[a+1:b+1]) for `epochs` passes."""
+    L = cfg.eval.seq_len
+    starts = list(range(a, b, L))
+    per_batch = max(1, cfg.eval.batch_tokens // L)
+    model.train()
+    step = 0
+    for _ in range(epochs):
+        for i in range(0, len(starts), per_batch):
+            batch = starts[i:i + per_batch]
+            n = min(L, *(b - s for s in batch))
+            x = torch.stack([toks[s:s + n] for s in batch]).to(rt.device)
+            y = torch.stack([toks[s + 1:s + n + 1] for s in batch]).to(rt.device)
+            if lr_at is not None:
+                for opt in opts:
+                    for g in opt.param_groups:
+                        g["lr"] = g.get("base_lr", g["lr"]) * lr_at(step)
+            with autocast(rt):
+                loss = model(x, y)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            step += 1
     model.eval()
-    n_windows = (len(tokens) - 1) // seq_len
-    lo, hi = n_windows * rt.rank // rt.world_size, n_windows * (rt.rank + 1) // rt.world_size
-    per_batch = max(1, batch_tokens // seq_len)
-    t_tables = tables.to_torch(rt.device)
-    nll = torch.zeros((), dtype=torch.float64, device=rt.device)
-    n_bytes = torch.zeros((), dtype=torch.int64, device=rt.device)
-    n_tok = torch.zeros((), dtype=torch.int64, device=rt.device)
+
+
+def ttt_score_first(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, cfg: Config, rt: Runtime,
+                    adapt_before_scoring: bool = False) -> tuple[Scores, np.ndarray]:
+    """Score-first TTT over all targets; returns the scores and the per-target NLLs.
+
+    adapt_before_scoring=True is the *illegal* variant (adapt on a chunk, then score it); it exists only
+    so the legality test can show that it catches leakage. The caller's model is not modified.
+    """
+    if rt.distributed:
+        raise NotImplementedError("score-first TTT runs on one process (its chunks are sequential)")
+    t0 = time.perf_counter()
+    e = cfg.eval
+    work = copy.deepcopy(model)
+    initial = copy.deepcopy(work.state_dict()) if e.ttt_reset else None
+    opts = make_ttt_optimizer(work, cfg)
     toks = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-    for w0 in range(lo, hi, per_batch):
-        w1 = min(w0 + per_batch, hi)
-        span = toks[w0 * seq_len: w1 * seq_len + 1].to(rt.device)
-        x = span[:-1].view(w1 - w0, seq_len)
-        y = span[1:].view(w1 - w0, seq_len)
-        with autocast(rt):
-            loss = model(x, y, n_loops=n_loops, reduction="none")
-        nll += loss.double().sum()
-        n_bytes += count_bytes_torch(x, y, t_tables).sum()
-        n_tok += y.numel()
-    for t in (nll, n_bytes, n_tok):
-        all_reduce_sum(t, rt)
-    model.train(was_training)
-    total_bytes = int(n_bytes.item())
-    return {"val_loss": nll.item() / max(1, int(n_tok.item())),
-            "val_bpb": nll.item() / math.log(2) / total_bytes if total_bytes else float("nan"),
-            "val_tokens": int(n_tok.item()), "val_bytes": total_bytes}
+    n = len(toks) - 1
+    nll = np.zeros(n, dtype=np.float64)
+    work.eval()
+    for a in range(0, n, e.ttt_chunk_tokens):
+        b = min(a + e.ttt_chunk_tokens, n)
+        if initial is not None:
+            work.load_state_dict(initial)
+            opts = make_ttt_optimizer(work, cfg)
+        if adapt_before_scoring:
+            _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs)
+        with torch.inference_mode():
+            plan = window_plan(a, b, n, e.seq_len, e.stride)
+            for (s, lo, hi), v in zip(plan, score_windows(work, toks, plan, e.seq_len, e.batch_tokens, rt)):
+                nll[s + lo:s + hi] = v.numpy()
+        if not adapt_before_scoring:
+            _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs)
+    n_bytes = _bytes_of_targets(toks, 0, n, tables)
+    return Scores(float(nll.sum()), n_bytes, n, time.perf_counter() - t0), nll
+
+
+def pre_quant_ttt(model: torch.nn.Module, tokens: np.ndarray, cfg: Config, rt: Runtime) -> torch.nn.Module:
+    """#1406's discriminative pre-quant TTT: AdamW on the val text itself (ttt_epochs passes, cosine lr,
+    per-block lr multipliers), returning an adapted copy. It trains on the text it is then scored on:
+    results made with it are labelled `pre_quant_ttt: true` and are not comparable to legal scores."""
+    work = copy.deepcopy(model)
+    opts = [torch.optim.AdamW(_ttt_param_groups(work, cfg), betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=0.0)]
+    toks = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
+    n = len(toks) - 1
+    L = cfg.eval.seq_len
+    steps = cfg.eval.ttt_epochs * math.ceil(math.ceil(n / L) / max(1, cfg.eval.batch_tokens // L))
+    _adapt(work, opts, toks, 0, n, cfg, rt, cfg.eval.ttt_epochs,
+           lr_at=lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    return work
+
+
+# -- one call: a run folder (or an artifact) -> eval.json ----------------------------------------------
+
+
+def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str | Path | None = None,
+                 report_only: bool = False) -> dict[str, Any]:
+    """Evaluate a finished run: float weights (model.pt) and the exported artifact, plain / sliding /
+    score-first TTT per cfg.eval; writes run_dir/eval.json and returns it."""
+    import json
+
+    from . import device
+    from .data import open_data
+    from .export import export_artifact, load_artifact
+    from .loader import load_tokens, trim_for_eval
+    from .model import build_model
+
+    run_dir = Path(run_dir)
+    saved = Config.load(run_dir / "config.json")
+    cfg = cfg or saved
+    changed = [k for k in cfg.diff(saved) if k.split(".")[0] in ("model", "schedule")]
+    if changed:
+        raise ValueError(f"evaluate_run: {changed} differ from the trained model's config in {run_dir}; "
+                         "only data, quant, eval and run settings can change at evaluation")
+    rt = device.setup(cfg.run)
+    data = open_data(cfg)
+    val = load_tokens(data.val_files, cfg.model.vocab_size, cfg.data.val_max_tokens)
+    e = cfg.eval
+    t_start = time.perf_counter()
+    model = build_model(cfg).to(rt.device)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=rt.device, weights_only=True))
+    labels: dict[str, Any] = {"pre_quant_ttt": e.ttt == "pre_quant"}
+    if e.ttt == "pre_quant":
+        model = pre_quant_ttt(model, val, cfg, rt)
+        labels["note"] = "pre-quant TTT adapted the weights on the val text that is then scored (#1406)"
+    art_path = Path(artifact) if artifact else run_dir / "model.rgolf"
+    report = export_artifact(model.cpu(), cfg, art_path, report_only=report_only)
+    model.to(rt.device)
+    quantized = load_artifact(art_path).to(rt.device)
+
+    def suite(m: torch.nn.Module) -> dict[str, Any]:
+        res = {"plain": eval_windows(m, trim_for_eval(val, e.seq_len), data.tables, e.seq_len, 0,
+                                     e.batch_tokens, rt, e.eval_loops or None).as_dict()}
+        if e.stride and e.stride < e.seq_len:
+            res["sliding"] = {"stride": e.stride, **eval_windows(m, val, data.tables, e.seq_len, e.stride,
+                                                                e.batch_tokens, rt, e.eval_loops or None).as_dict()}
+        if e.ttt == "score_first":
+            res["ttt"] = {"chunk_tokens": e.ttt_chunk_tokens, "epochs": e.ttt_epochs,
+                          **ttt_score_first(m, val, data.tables, cfg, rt)[0].as_dict()}
+        return res
+
+    out = {"run_dir": str(run_dir), **labels, "float": suite(model), "quantized": suite(quantized),
+           "artifact": {"path": str(art_path), **report.as_dict()}}
+    out["quant_gap_bpb"] = out["quantized"]["plain"]["val_bpb"] - out["float"]["plain"]["val_bpb"]
+    out["eval_loops"] = e.eval_loops or cfg.schedule.n_loops
+    out["eval_seconds"] = round(time.perf_counter() - t_start, 2)
+    out["config"] = cfg.to_dict()
+    if rt.is_main:
+        tmp = run_dir / "eval.json.tmp"
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(run_dir / "eval.json")
+    return out

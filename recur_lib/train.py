@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from . import __version__, device
-from .config import Config, ConfigError, preset_names
+from .config import Config, ConfigError
 from .data import open_data
 from .evaluate import eval_bpb
 from .loader import DistributedTokenLoader, load_tokens, trim_for_eval
@@ -261,7 +261,10 @@ def _train(cfg: Config, rt: device.Runtime, run_dir: Path, resume: bool, stop_at
     model = build_model(cfg).to(rt.device)
     opt = Optimizers(model, cfg)
     averager = WeightAverager(model, cfg)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if rt.distributed else model
+    # Before #1406-style repeats switch on, the second pass's per-loop parameters get no gradient.
+    unused = cfg.schedule.kind == "repeat" and cfg.schedule.repeat_start_frac > 0
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=unused)
+           if rt.distributed else model)
     runner = device.maybe_compile(ddp, cfg.run)
     repeat_start = math.ceil(cfg.schedule.repeat_start_frac * t.iterations)
     qat_start = math.ceil(cfg.quant.qat_start_frac * t.iterations) if cfg.quant.qat_bits else None
@@ -448,25 +451,13 @@ def _progress(total: int, start: int, rt: device.Runtime) -> Any:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="quick", choices=preset_names(), help="named preset (default: quick)")
-    p.add_argument("--config", help="a config JSON file (instead of --preset)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. model.dim=256")
+    from .cli import add_config_args
+    add_config_args(p)
     p.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
     p.add_argument("--resume", action="store_true", help="continue the run in the folder from its checkpoint")
     p.add_argument("--force", action="store_true", help="move an existing run aside and train again")
     p.add_argument("--reuse", action="store_true",
                    help="a finished run in the folder is reported instead of retrained; an unfinished one resumes")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = {}
-    for item in args.set or []:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.dim=256")
-        overrides[key.strip()] = value
-    base = Config.load(args.config) if args.config else Config.from_name(args.preset)
-    return base.override(overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -478,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from .cli import config_from_args
     try:
         cfg = config_from_args(args)
         run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)

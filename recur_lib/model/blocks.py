@@ -34,9 +34,11 @@ class Rotary(nn.Module):
         self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cache is None or self._cache[0] < T or self._cache[1] != device:
+        stale = self._cache is None or self._cache[0] < T or self._cache[1] != device
+        if stale or (self._cache[2].is_inference() and not torch.is_inference_mode_enabled()):
             t = torch.arange(T, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device))
+            # tables made under inference_mode (TTT scoring) cannot enter autograd later: rebuilt then
             self._cache = (T, device, freqs.cos()[None, None], freqs.sin()[None, None])
         _, _, cos, sin = self._cache
         return cos[:, :, :T], sin[:, :, :T]

@@ -1,0 +1,169 @@
+"""Evaluation: window plans, sliding = plain at stride L, depth extrapolation, score-first TTT legality
+(and a deliberately illegal variant that the same test catches), pre-quant TTT labelling, eval.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recur_lib import Config, build_model
+from recur_lib.data import open_data
+from recur_lib.device import setup
+from recur_lib.evaluate import eval_windows, evaluate_run, pre_quant_ttt, ttt_score_first, window_plan
+from recur_lib.loader import load_tokens, trim_for_eval
+
+from conftest import TINY_VOCAB
+
+RT = setup(Config.from_name("smoke").run)
+
+
+@pytest.mark.parametrize("L, stride, a, b, n", [(16, 16, 0, 160, 160), (16, 4, 0, 157, 157), (16, 5, 20, 77, 100),
+                                                (16, 1, 0, 40, 40), (8, 8, 3, 50, 64)])
+def test_window_plan_scores_every_target_exactly_once(L: int, stride: int, a: int, b: int, n: int) -> None:
+    counts = np.zeros(n, dtype=int)
+    context = []
+    for start, lo, hi in window_plan(a, b, n, L, stride):
+        assert 0 <= start and start + L <= n and 0 <= lo < hi <= L
+        counts[start + lo:start + hi] += 1
+        context.append(lo)
+    assert (counts[a:b] == 1).all() and counts[:a].sum() == 0 and counts[b:].sum() == 0
+    if stride < L and a == 0:
+        assert min(context[1:]) >= L - stride  # after the first window, every target has L - s context
+
+
+def small_model(seed: int = 0, **over) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    m = build_model(Config.from_name("smoke", {"model.vocab_size": TINY_VOCAB, **over}))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def val(tiny_data: Path):
+    cfg = Config.from_name("smoke", {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB})
+    data = open_data(cfg)
+    return load_tokens(data.val_files, TINY_VOCAB)[:1025], data.tables
+
+
+def test_stride_L_equals_plain_and_smaller_strides_help(val) -> None:
+    toks, tables = val
+    m = small_model()
+    plain = eval_windows(m, toks, tables, 64, 0, 512, RT)
+    same = eval_windows(m, toks, tables, 64, 64, 512, RT)
+    assert (plain.nll, plain.n_bytes, plain.n_targets) == (same.nll, same.n_bytes, same.n_targets)
+    slid = eval_windows(m, toks, tables, 64, 16, 512, RT)
+    assert slid.n_targets == plain.n_targets == 1024 and slid.n_bytes == plain.n_bytes
+
+
+def test_depth_extrapolation_runs_other_loop_counts(val) -> None:
+    toks, tables = val
+    m = small_model()
+    trained = eval_windows(m, toks, tables, 64, 0, 512, RT)
+    assert eval_windows(m, toks, tables, 64, 0, 512, RT, n_loops=2).nll == trained.nll  # smoke trains 2 loops
+    deeper = eval_windows(m, toks, tables, 64, 0, 512, RT, n_loops=4)
+    assert deeper.nll != trained.nll and np.isfinite(deeper.nll)
+
+
+def ttt_cfg(**over) -> Config:
+    return Config.from_name("smoke", {"model.vocab_size": TINY_VOCAB, "eval.ttt": "score_first", "eval.seq_len": 32,
+                                      "eval.ttt_lr": 0.05, **over})
+
+
+@pytest.mark.parametrize("chunk, epochs, p, optimizer", [(128, 2, 300, "sgd"), (96, 3, 100, "adamw"),
+                                                          (200, 1, 457, "muon"), (64, 2, 64, "sgd")])
+def test_score_first_ttt_never_lets_a_token_see_its_future(val, chunk: int, epochs: int, p: int, optimizer: str) -> None:
+    toks, tables = val
+    toks = toks[:513]
+    cfg = ttt_cfg(**{"eval.ttt_chunk_tokens": chunk, "eval.ttt_epochs": epochs, "eval.ttt_optimizer": optimizer})
+    m = small_model()
+    _, before = ttt_score_first(m, toks, tables, cfg, RT)
+    changed = toks.copy()
+    changed[p:] = (changed[p:] * 7 + 3) % TINY_VOCAB  # every token from position p on
+    _, after = ttt_score_first(m, changed, tables, cfg, RT)
+    # target k predicts token k+1: targets 0..p-2 only involve tokens < p
+    assert np.array_equal(before[:p - 1], after[:p - 1])
+    assert not np.array_equal(before[p - 1:], after[p - 1:])
+    plain = eval_windows(m, toks, tables, 32, 0, 512, RT)
+    assert not np.isclose(before.sum(), plain.nll)  # TTT did adapt
+
+
+def test_the_legality_test_catches_an_illegal_variant(val) -> None:
+    toks, tables = val
+    toks = toks[:513]
+    cfg = ttt_cfg(**{"eval.ttt_chunk_tokens": 128, "eval.ttt_epochs": 2})
+    m = small_model()
+    p = 300  # mid-chunk: chunk [256, 384)
+    _, before = ttt_score_first(m, toks, tables, cfg, RT, adapt_before_scoring=True)
+    changed = toks.copy()
+    changed[p:] = (changed[p:] * 7 + 3) % TINY_VOCAB
+    _, after = ttt_score_first(m, changed, tables, cfg, RT, adapt_before_scoring=True)
+    assert not np.array_equal(before[:p - 1], after[:p - 1])  # leakage: earlier scores moved
+    assert np.array_equal(before[:255], after[:255])          # ... but only inside the changed chunk
+
+
+def test_ttt_reset_and_lora_only(val) -> None:
+    toks, tables = val
+    toks = toks[:257]
+    m = small_model(**{"model.loop_lora_rank": 2, "model.loop_lora_form": "matrices"})
+    lora = ttt_cfg(**{"eval.ttt_params": "lora", "eval.ttt_chunk_tokens": 64, "model.loop_lora_rank": 2,
+                      "model.loop_lora_form": "matrices"})
+    s_lora, _ = ttt_score_first(m, toks, tables, lora, RT)
+    reset = lora.override({"eval.ttt_reset": True})
+    s_reset, nll_reset = ttt_score_first(m, toks, tables, reset, RT)
+    plain = eval_windows(m, toks, tables, 32, 0, 512, RT)
+    assert s_lora.nll != plain.nll and s_reset.nll != s_lora.nll
+    first = eval_windows(m, toks[:65], tables, 32, 0, 512, RT)
+    assert nll_reset[:64].sum() == pytest.approx(first.nll)  # chunk 0 is scored with the untouched weights
+    with pytest.raises(ValueError, match="selects no parameter"):
+        ttt_score_first(small_model(), toks, tables, ttt_cfg(**{"eval.ttt_params": "lora"}), RT)
+
+
+def test_pre_quant_ttt_adapts_a_copy_with_block_multipliers(val) -> None:
+    toks, tables = val
+    cfg = ttt_cfg(**{"eval.ttt": "pre_quant", "eval.ttt_optimizer": "adamw", "eval.ttt_block_lr_min": 0.3,
+                     "eval.ttt_epochs": 2, "eval.ttt_lr": 0.01})
+    m = small_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    adapted = pre_quant_ttt(m, toks[:257], cfg, RT)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # caller's model untouched
+    a = eval_windows(adapted, toks[:257], tables, 32, 0, 512, RT)
+    b = eval_windows(m, toks[:257], tables, 32, 0, 512, RT)
+    assert a.nll < b.nll  # it fits the text it is scored on: that is why it is labelled
+
+
+def test_evaluate_run_writes_eval_json(tiny_data: Path, tmp_path: Path) -> None:
+    from recur_lib.train import train
+    cfg = Config.from_name("smoke", {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB,
+                                     "run.out_dir": str(tmp_path), "run.name": "r", "train.iterations": 6,
+                                     "eval.stride": 16, "eval.ttt": "score_first", "eval.ttt_epochs": 1,
+                                     "quant.export_bits": 6})
+    train(cfg)
+    out = evaluate_run(tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "eval.json").read_text())
+    assert saved["quant_gap_bpb"] == out["quant_gap_bpb"]
+    for part in ("float", "quantized"):
+        assert set(saved[part]) == {"plain", "sliding", "ttt"}
+    assert saved["quant_gap_bpb"] == saved["quantized"]["plain"]["val_bpb"] - saved["float"]["plain"]["val_bpb"]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert saved["float"]["plain"]["val_bpb"] == pytest.approx(summary["final_val_bpb"])
+    art = saved["artifact"]
+    assert art["fits"] and art["model_bytes"] == (tmp_path / "r" / "model.rgolf").stat().st_size
+    assert saved["pre_quant_ttt"] is False
+
+
+def test_cli_eval(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from recur_lib.cli import main
+    from recur_lib.train import train
+    cfg = Config.from_name("smoke", {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB,
+                                     "run.out_dir": str(tmp_path), "run.name": "c", "train.iterations": 2})
+    train(cfg)
+    assert main(["eval", str(tmp_path / "c"), "--set", "eval.stride=32"]) == 0
+    out = capsys.readouterr().out
+    assert "sliding" in out and "quant gap" in out and (tmp_path / "c" / "eval.json").exists()
+    assert main(["eval", str(tmp_path / "c"), "--set", "quant.budget_bytes=1000"]) == 2
+    assert "over the 1,000-byte budget" in capsys.readouterr().err

@@ -112,6 +112,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_workbook(args: argparse.Namespace) -> int:
+    import ast
+
+    from .workbook import NOTEBOOKS, run_workbook
+    params: dict = {}
+    if args.seeds:
+        params["seeds"] = args.seeds
+    for item in args.param or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--param {item!r}: expected name=value, e.g. --param loops=[1,2,4]")
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value
+    if args.set:
+        params["overrides"] = dict(kv.split("=", 1) for kv in args.set)
+    report = run_workbook(args.preset, tuple(args.notebooks or NOTEBOOKS), args.results, params, html=not args.no_html)
+    failed = [r["notebook"] for r in report if r["status"] != "ok"]
+    if failed:
+        print(f"error: notebooks failed: {failed}; their executed copies in {args.results}/{args.preset}/ "
+              "show the failing cell", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_config_fields(args: argparse.Namespace) -> int:
     print(describe_fields())
     return 0
@@ -150,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--artifact", help="artifact path (default: RUN_DIR/model.rgolf)")
     ev.add_argument("--report-only", action="store_true", help="measure an over-budget artifact instead of failing")
     ev.set_defaults(func=cmd_eval)
+
+    wb = sub.add_parser("workbook", help="execute the notebooks with papermill into results/<preset>/")
+    wb.add_argument("--preset", default="quick", help="smoke | quick | cpu | full (default: quick)")
+    wb.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: each notebook's)")
+    wb.add_argument("--notebooks", nargs="+", help="names without .ipynb (default: all four)")
+    wb.add_argument("--results", default="results", help="results root (default: results)")
+    wb.add_argument("--param", action="append", metavar="NAME=VALUE", help="a notebook parameter, e.g. loops=[1,2,4]")
+    wb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a config override for every run")
+    wb.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML renderings")
+    wb.set_defaults(func=cmd_workbook)
 
     model = sub.add_parser("model", help="inspect model shapes").add_subparsers(dest="cmd", required=True)
     md = model.add_parser("describe", help="schedule, effective depth and parameter counts of a preset")

@@ -232,9 +232,10 @@ def pre_quant_ttt(model: torch.nn.Module, tokens: np.ndarray, cfg: Config, rt: R
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str | Path | None = None,
-                 report_only: bool = False) -> dict[str, Any]:
+                 report_only: bool = False, out_name: str = "eval") -> dict[str, Any]:
     """Evaluate a finished run: float weights (model.pt) and the exported artifact, plain / sliding /
-    score-first TTT per cfg.eval; writes run_dir/eval.json and returns it."""
+    score-first TTT per cfg.eval (default: the run's config); writes run_dir/<out_name>.json (and the
+    artifact <out_name>.rgolf) and returns it."""
     import json
 
     from . import device
@@ -261,7 +262,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     if e.ttt == "pre_quant":
         model = pre_quant_ttt(model, val, cfg, rt)
         labels["note"] = "pre-quant TTT adapted the weights on the val text that is then scored (#1406)"
-    art_path = Path(artifact) if artifact else run_dir / "model.rgolf"
+    art_path = Path(artifact) if artifact else run_dir / ("model.rgolf" if out_name == "eval" else f"{out_name}.rgolf")
     report = export_artifact(model.cpu(), cfg, art_path, report_only=report_only)
     model.to(rt.device)
     quantized = load_artifact(art_path).to(rt.device)
@@ -284,7 +285,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     out["eval_seconds"] = round(time.perf_counter() - t_start, 2)
     out["config"] = cfg.to_dict()
     if rt.is_main:
-        tmp = run_dir / "eval.json.tmp"
+        tmp = run_dir / f"{out_name}.json.tmp"
         tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(run_dir / "eval.json")
+        tmp.replace(run_dir / f"{out_name}.json")
     return out

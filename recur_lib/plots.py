@@ -1,0 +1,124 @@
+"""Plot helpers for the notebooks: pure functions from run tables / records to matplotlib axes."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .runs import load_metrics
+
+
+def _ax(ax: Any) -> Any:
+    return ax if ax is not None else plt.subplots(figsize=(6.5, 4))[1]
+
+
+def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: Any = None,
+           logy: bool = False) -> Any:
+    """Mean curve per arm over its seeds, with a min-max band; one line per arm."""
+    ax = _ax(ax)
+    for arm, runs in df.groupby(by, sort=False):
+        series = []
+        for run_dir in runs["run_dir"].dropna():
+            m = load_metrics(run_dir)
+            if metric in m:
+                series.append(m.dropna(subset=[metric]).set_index("step")[metric])
+        if not series:
+            continue
+        table = pd.concat(series, axis=1)
+        (line,) = ax.plot(table.index, table.mean(axis=1), label=f"{arm} (n={table.shape[1]})")
+        if table.shape[1] > 1:
+            ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.2, color=line.get_color())
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    if logy:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def bars(summary: pd.DataFrame, metric: str = "mean", err: str = "std", by: str = "arm", ax: Any = None,
+         ylabel: str = "val bpb") -> Any:
+    """Bar per arm with error bars (summary from runs.summarize)."""
+    ax = _ax(ax)
+    x = np.arange(len(summary))
+    ax.bar(x, summary[metric], yerr=summary[err].fillna(0) if err in summary else None, capsize=4)
+    ax.set_xticks(x, summary[by], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    return ax
+
+
+def lora_norms(run_dir: str, which: str = "BA", ax: Any = None) -> Any:
+    """Per-loop norm of the LoRA factors over training: root-sum-square over blocks and targets.
+    which: "A", "B" or "BA" (for the vector form: v, u, and |u||v|)."""
+    ax = _ax(ax)
+    m = load_metrics(run_dir)
+    if "lora_norms" not in m:
+        ax.set_title("no LoRA norms logged")
+        return ax
+    rows = m.dropna(subset=["lora_norms"])
+    k = {"A": 0, "B": 1, "BA": 2}[which]
+    per_loop: dict[str, list[float]] = {}
+    for norms in rows["lora_norms"]:
+        agg: dict[str, float] = {}
+        for key, vals in norms.items():
+            loop = key.split(".")[0].split("_")[1]  # "b1_l2.q" -> "l2"
+            agg[loop] = agg.get(loop, 0.0) + vals[k] ** 2
+        for loop, v in agg.items():
+            per_loop.setdefault(loop, []).append(v ** 0.5)
+    for loop, vals in sorted(per_loop.items()):
+        ax.plot(rows["step"].to_numpy()[: len(vals)], vals, label=f"loop {loop[1:]}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"||{which}|| (all blocks, targets)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def schedule(cfg: Config, ax: Any = None) -> Any:
+    """The execution schedule as a strip of boxes: one per step, coloured by unique block, loops marked."""
+    from .model.schedule import build_schedule, n_unique_blocks
+    steps = build_schedule(cfg.schedule)
+    ax = ax if ax is not None else plt.subplots(figsize=(max(4, 0.45 * len(steps)), 1.4))[1]
+    cmap = plt.get_cmap("tab20")
+    for i, st in enumerate(steps):
+        ax.add_patch(plt.Rectangle((i, 0), 0.9, 1, color=cmap(st.block % 20), alpha=0.85))
+        ax.text(i + 0.45, 0.5, str(st.block), ha="center", va="center", fontsize=8)
+        if i and (st.loop != steps[i - 1].loop or st.role != steps[i - 1].role):
+            ax.axvline(i - 0.05, color="k", lw=1)
+    ax.set_xlim(-0.1, len(steps))
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_xlabel(f"{cfg.schedule.kind}: {len(steps)} steps over {n_unique_blocks(cfg.schedule)} unique blocks")
+    return ax
+
+
+def budget(artifact: Mapping[str, Any], ax: Any = None) -> Any:
+    """Artifact bytes by part: code, and each tensor group's compressed bytes, against the budget."""
+    ax = _ax(ax)
+    parts = {"code": artifact["code_bytes"], **{g: v["zstd_bytes"] for g, v in artifact["groups"].items()}}
+    left = 0
+    for name, b in parts.items():
+        ax.barh(0, b, left=left, label=f"{name} {b:,}")
+        left += b
+    ax.axvline(artifact["budget_bytes"], color="r", ls="--", label=f"budget {artifact['budget_bytes']:,}")
+    ax.set_yticks([])
+    ax.set_xlabel("bytes (group bars: each group compressed alone)")
+    ax.legend(fontsize=8, loc="upper right")
+    return ax
+
+
+def xy(df: pd.DataFrame, x: str, y: str, by: str | None = None, ax: Any = None, err: bool = True) -> Any:
+    """y against x (mean over seeds, std error bars), one line per `by` group."""
+    ax = _ax(ax)
+    groups: Sequence[tuple[Any, pd.DataFrame]] = list(df.groupby(by, sort=False)) if by else [("", df)]
+    for name, g in groups:
+        s = g.groupby(x)[y].agg(["mean", "std"]).reset_index()
+        ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0) if err else None, marker="o", capsize=3, label=str(name))
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if by:
+        ax.legend(fontsize=8)
+    return ax

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: setup data workbook test clean-venv
+.PHONY: setup data workbook workbook-cpu test clean-venv
 
 setup: $(VENV)/.installed
 
@@ -23,11 +23,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 data: setup
 	$(PY) -m recur_lib.cli data build
 
-# Until the notebooks land, the workbook is the path that exists: audit the data, then train the
-# quick model (about 5 minutes on 2 cores; a finished run is reused, an interrupted one resumes).
+# The main job: audit the data, then execute the four notebooks at the quick preset into
+# results/quick/ (runs in runs/workbook/ are reused on the next call). About 15 minutes on 2 cores.
 workbook: data
 	$(PY) -m recur_lib.cli data audit --preset $(PRESET)
-	$(PY) -m recur_lib.cli train --preset $(PRESET) --set run.name=workbook-$(PRESET) --set train.val_every=50 --reuse
+	$(PY) -m recur_lib.cli workbook --preset $(PRESET)
+
+# The published CPU results (hours; resumable: finished runs are reused).
+workbook-cpu: data
+	$(PY) -m recur_lib.cli workbook --preset cpu --seeds 0 1 2 --param "loops=[1,2,3,4,5,6,7,8]"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -154,7 +154,8 @@ class QuantConfig(_Group):
     export_bits: Literal[4, 5, 6, 8, 16] = _f(8, "per-row bits of exported matrices (16 = keep fp16)")
     qat_bits: Literal[0, 4, 5, 6, 8] = _f(0, "STE fake-quant bits during training, 0 = off (#927: 6)")
     qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#1406: late)", 0.0, 1.0)
-    clip_percentile: float = _f(99.99984, "per-row clip percentile before rounding", 50.0, 100.0)
+    clip_percentile: float = _f(100.0, "per-row clip percentile before rounding; 100 = the row's max (fast: QAT "
+                                "runs it in every forward; the baseline exported at 99.99984)", 50.0, 100.0)
     gptq_lite: bool = _f(False, "per-row clip search for least reconstruction error (#927)")
     embed_bits: Literal[4, 5, 6, 8, 16] = _f(8, "per-row bits of embedding tables at export (16 = keep fp16)")
     keep_float_max_numel: int = _f(65536, "tensors with at most this many entries stay float at export "

@@ -205,6 +205,6 @@ def loop_verdict(df: pd.DataFrame, metric: str = "float_bpb", min_gain: float = 
     if stop is None:
         v = f"Every extra loop still paid at least {min_gain} bpb up to {int(loops[-1])} loops."
     else:
-        v = (f"Loops stop paying after {int(stop)}: going further gains less than {min_gain} bpb "
+        v = (f"Loops stop paying after {int(stop)}: going further gains less than {min_gain} bpb or loses "
              f"({m[stop]:.4f} -> {m[loops[loops.index(stop) + 1]]:.4f}).")
     return "\n".join(lines + ["", v])

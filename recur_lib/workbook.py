@@ -49,5 +49,8 @@ def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, 
               flush=True)
         report.append(r)
     import json
-    (results_dir / "workbook.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = results_dir / "workbook.json"  # one entry per notebook, the latest execution of each
+    previous = json.loads(path.read_text()) if path.exists() else []
+    merged = {r["notebook"]: r for r in previous + report}
+    path.write_text(json.dumps([merged[n] for n in NOTEBOOKS if n in merged], indent=2) + "\n")
     return report

@@ -128,6 +128,13 @@ def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], qu
             raise
 
 
+def _job_env() -> dict[str, str]:
+    """The notebook's environment, with this checkout importable by the job."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def _read_eval(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((run_dir / "eval.json").read_text())
@@ -156,8 +163,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         (run_dir / "launch.json").write_text(cfg.to_json() + "\n")
         train_args = ["-m", "recur_lib.train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
                       "--force" if force else "--reuse"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env = _job_env()
         if nproc > 1:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
@@ -171,10 +177,8 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     status = summary.get("status", "failed")
     ev = _read_eval(run_dir)
     if evaluate and status == "finished" and (ev is None or not reused):
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         rc, etail = _stream([sys.executable, "-m", "recur_lib.cli", "eval", str(run_dir), "--report-only"],
-                            run_dir / "stdout.log", prefix, env, quiet)
+                            run_dir / "stdout.log", prefix, _job_env(), quiet)
         ev = _read_eval(run_dir) if rc == 0 else None
         if rc != 0:
             tail += etail

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PRESET ?= quick
 PYTEST_ARGS ?=
 
-.PHONY: setup data workbook workbook-cpu test clean-venv
+.PHONY: setup data workbook workbook-cpu test bench clean-venv
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ workbook: data
 # The published CPU results (hours; resumable: finished runs are reused).
 workbook-cpu: data
 	$(PY) -m recur_lib.cli workbook --preset cpu --seeds 0 1 2 --param "loops=[1,2,3,4,5,6,7,8]"
+
+# Throughput, MFU, memory, export compression and scaling -> results/benchmarks/ (about 15 min on 2 cores).
+bench: setup
+	$(PY) benchmarks/bench.py
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

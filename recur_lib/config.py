@@ -161,6 +161,9 @@ class QuantConfig(_Group):
     keep_float_max_numel: int = _f(65536, "tensors with at most this many entries stay float at export "
                                    "(control tensors in fp32, others fp16), as the baseline", 0, None)
     zstd_level: int = _f(22, "zstandard level of the artifact", 1, 22)
+    pack: Literal["auto", "dense", "bytes"] = _f(
+        "auto", "int code layout: dense bit packing, one byte per code, or auto = whichever compresses smaller "
+        "(measured: bytes won for the quick model's int6 matrices alone, dense won for whole artifacts)")
     budget_bytes: int = _f(16_000_000, "artifact budget: code + compressed weights (decimal bytes)", 1, None)
 
 

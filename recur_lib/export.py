@@ -197,24 +197,21 @@ def _group_of(name: str) -> str:
     return "matrices" if name.startswith(("blocks.", "bigram.", "value_embed.")) else "other"
 
 
-def export_artifact(model: torch.nn.Module, cfg: Config, path: str | Path | None = None,
-                    report_only: bool = False) -> ExportReport:
-    """Write the artifact (atomically, if path is given) and return its report. Over budget raises
-    ArtifactError naming the excess, unless report_only."""
+def _frame(state: dict[str, torch.Tensor], cfg: Config, packing: str,
+           quantized: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[bytes, list[dict], list[bytes], dict[str, GroupReport]]:
+    """The uncompressed artifact with int codes laid out `packing` ("dense" | "bytes")."""
     entries, chunks, offset = [], [], 0
     groups: dict[str, GroupReport] = {}
-    zc = zstandard.ZstdCompressor(level=cfg.quant.zstd_level)
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu()
+    for name, t in state.items():
         kind, bits = tensor_plan(name, t, cfg)
         g = groups.setdefault(_group_of(name), GroupReport())
         if kind == "int":
-            q, s = quantize_tensor(t, bits, cfg)
-            codes = pack_codes(q.numpy(), bits)
+            q, s = quantized[name]
+            codes = pack_codes(q.numpy(), bits) if packing == "dense" else q.numpy().astype(np.int8).tobytes()
             scales = s.numpy().astype("<f2").tobytes()
             blob = codes + scales
-            entry = {"name": name, "kind": "int", "bits": bits, "shape": list(t.shape), "offset": offset,
-                     "codes_bytes": len(codes), "scales_bytes": len(scales)}
+            entry = {"name": name, "kind": "int", "bits": bits, "packing": packing, "shape": list(t.shape),
+                     "offset": offset, "codes_bytes": len(codes), "scales_bytes": len(scales)}
             g.entropy_bytes += _entropy_bytes(q.numpy()) + len(scales)
         else:
             dtype = "<f2" if kind == "fp16" else "<f4"
@@ -229,13 +226,31 @@ def export_artifact(model: torch.nn.Module, cfg: Config, path: str | Path | None
         g.params += t.numel()
         g.bits.add(bits)
         g.raw_bytes += len(blob)
+    header = json.dumps({"format": FORMAT_VERSION, "config": cfg.to_dict(), "tensors": entries},
+                        separators=(",", ":")).encode("utf-8")
+    return MAGIC + len(header).to_bytes(4, "little") + header + b"".join(chunks), entries, chunks, groups
+
+
+def export_artifact(model: torch.nn.Module, cfg: Config, path: str | Path | None = None,
+                    report_only: bool = False) -> ExportReport:
+    """Write the artifact (atomically, if path is given) and return its report. Over budget raises
+    ArtifactError naming the excess, unless report_only. quant.pack = auto builds the dense and the
+    byte-aligned layout and keeps whichever compresses smaller (neither wins everywhere: LOG.md)."""
+    zc = zstandard.ZstdCompressor(level=cfg.quant.zstd_level)
+    state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
+    quantized = {n: quantize_tensor(t, tensor_plan(n, t, cfg)[1], cfg) for n, t in state.items()
+                 if tensor_plan(n, t, cfg)[0] == "int"}
+    best = None
+    for packing in (("dense", "bytes") if cfg.quant.pack == "auto" else (cfg.quant.pack,)):
+        frame, entries, chunks, groups = _frame(state, cfg, packing, quantized)
+        compressed = zc.compress(frame)
+        if best is None or len(compressed) < len(best[0]):
+            best = (compressed, entries, chunks, groups)
+    assert best is not None
+    compressed, entries, chunks, groups = best
     for gname in groups:  # each group's payload compressed alone, to compare with its entropy bound
         blob = b"".join(c for c, e in zip(chunks, entries) if _group_of(e["name"]) == gname)
         groups[gname].zstd_bytes = len(zc.compress(blob))
-    header = json.dumps({"format": FORMAT_VERSION, "config": cfg.to_dict(), "tensors": entries},
-                        separators=(",", ":")).encode("utf-8")
-    frame = MAGIC + len(header).to_bytes(4, "little") + header + b"".join(chunks)
-    compressed = zc.compress(frame)
     report = ExportReport(Path(path) if path else None, len(compressed), code_bytes(), cfg.quant.budget_bytes, groups)
     if path is not None:
         path = Path(path)
@@ -272,7 +287,9 @@ def read_artifact(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
         shape, off = e["shape"], e["offset"]
         if e["kind"] == "int":
             rows, cols = shape
-            q = unpack_codes(bytes(payload[off:off + e["codes_bytes"]]), e["bits"], rows * cols).reshape(rows, cols)
+            raw = bytes(payload[off:off + e["codes_bytes"]])
+            q = (unpack_codes(raw, e["bits"], rows * cols) if e["packing"] == "dense"
+                 else np.frombuffer(raw, dtype=np.int8)).reshape(rows, cols)
             s = np.frombuffer(payload[off + e["codes_bytes"]:off + e["codes_bytes"] + e["scales_bytes"]], dtype="<f2")
             state[e["name"]] = dequantize_rows(torch.from_numpy(q.astype(np.int8)), torch.from_numpy(s.copy()))
         else:

@@ -48,8 +48,10 @@ def test_pack_unpack_is_exact_and_dense(bits: int) -> None:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("bits", [4, 5, 6, 8])
-def test_round_trip_equals_the_in_memory_quantizer(tmp_path: Path, family: str, bits: int) -> None:
-    cfg = Config.from_name("smoke", {**FAMILIES[family], "quant.export_bits": bits, "quant.embed_bits": bits})
+@pytest.mark.parametrize("pack", ["auto", "dense", "bytes"])
+def test_round_trip_equals_the_in_memory_quantizer(tmp_path: Path, family: str, bits: int, pack: str) -> None:
+    cfg = Config.from_name("smoke", {**FAMILIES[family], "quant.export_bits": bits, "quant.embed_bits": bits,
+                                     "quant.pack": pack})
     m = trained_like(cfg)
     export_artifact(m, cfg, tmp_path / "a.rgolf")
     loaded = load_artifact(tmp_path / "a.rgolf")
@@ -136,3 +138,13 @@ def test_code_files_are_exactly_what_loading_and_evaluating_imports(tmp_path: Pa
     root = Path(__file__).resolve().parents[1] / "recur_lib"
     loaded = {Path(f).resolve().relative_to(root).as_posix() for f in json.loads(res.stdout.strip().splitlines()[-1])}
     assert loaded == set(CODE_FILES)
+
+
+def test_auto_packing_keeps_the_smaller_layout(tmp_path: Path) -> None:
+    cfg = Config.from_name("smoke", {"quant.export_bits": 6})
+    m = trained_like(cfg)
+    sizes = {p: export_artifact(m, cfg.override({"quant.pack": p}), tmp_path / f"{p}.rgolf").model_bytes
+             for p in ("auto", "dense", "bytes")}
+    # the header stores the config, whose quant.pack string differs by a few bytes between the three
+    assert abs(sizes["auto"] - min(sizes["dense"], sizes["bytes"])) <= 8
+    assert abs(sizes["dense"] - sizes["bytes"]) > 8  # so the choice above was a real one

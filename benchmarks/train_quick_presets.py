@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from recur_lib import Config
+from recur_lib.cli import parse_sets
 from recur_lib.paths import resolve
 from recur_lib.train import read_summary, train
 
@@ -29,7 +30,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in a.presets:
-        cfg = Config.from_name(name, dict(kv.split("=", 1) for kv in a.set)).override(
+        cfg = Config.from_name(name, parse_sets(a.set)).override(
             {"run.out_dir": "runs/train-quick", "run.name": name, "train.val_every": 50})
         run_dir = resolve(cfg.run.out_dir) / name
         s = read_summary(run_dir)

@@ -17,15 +17,20 @@ from pathlib import Path
 from .config import Config, ConfigError, describe_fields, preset_names
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """--set key=value items as a dict of overrides (values parsed later, by the field's type)."""
     overrides = {}
-    for item in args.set or []:
+    for item in items or []:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.dim=256")
         overrides[key.strip()] = value
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
     base = Config.load(args.config) if args.config else Config.from_name(args.preset)
-    return base.override(overrides)
+    return base.override(parse_sets(args.set))
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -100,7 +105,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.set or run_dir is None:
         base = Config.load(run_dir / "config.json") if run_dir else config_from_args(args)
-        cfg = base.override(dict(kv.split("=", 1) for kv in args.set or []))
+        cfg = base.override(parse_sets(args.set))
         run_dir = run_dir or run_dir_for(cfg)
     out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only)
     f, q = out["float"], out["quantized"]
@@ -128,7 +133,7 @@ def cmd_workbook(args: argparse.Namespace) -> int:
         except (ValueError, SyntaxError):
             params[key] = value
     if args.set:
-        params["overrides"] = dict(kv.split("=", 1) for kv in args.set)
+        params["overrides"] = parse_sets(args.set)
     report = run_workbook(args.preset, tuple(args.notebooks or NOTEBOOKS), args.results, params, html=not args.no_html)
     failed = [r["notebook"] for r in report if r["status"] != "ok"]
     if failed:

@@ -95,8 +95,10 @@ def eval_windows(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables,
     model.eval()
     nll = sum((float(v.sum()) for v in score_windows(model, toks, mine, L, batch_tokens, rt, n_loops)), 0.0)
     model.train(was)
-    n_bytes = sum(_bytes_of_targets(toks, s + lo, s + hi, tables) for s, lo, hi in mine)
-    n_tgt = sum(hi - lo for _, lo, hi in mine)
+    # the plan scores one contiguous run of targets in order, so this rank's share is [first, last)
+    first, last = (mine[0][0] + mine[0][1], mine[-1][0] + mine[-1][2]) if mine else (0, 0)
+    n_bytes = _bytes_of_targets(toks, first, last, tables) if mine else 0
+    n_tgt = last - first
     sums = torch.tensor([nll, float(n_bytes), float(n_tgt)], dtype=torch.float64, device=rt.device)
     all_reduce_sum(sums, rt)
     return Scores(float(sums[0]), int(sums[1]), int(sums[2]), time.perf_counter() - t0)

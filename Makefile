@@ -29,9 +29,11 @@ workbook: data
 	$(PY) -m recur_lib.cli data audit --preset $(PRESET)
 	$(PY) -m recur_lib.cli workbook --preset $(PRESET)
 
-# The published CPU results (hours; resumable: finished runs are reused).
+# The published CPU results into results/cpu/: 3 seeds, two runs at a time (recur_lib/workbook.py
+# PRESET_PARAMS), about 1.5 hours on 2 cores; finished runs are reused, an interrupted one resumes.
 workbook-cpu: data
-	$(PY) -m recur_lib.cli workbook --preset cpu --seeds 0 1 2 --param "loops=[1,2,3,4,5,6,7,8]"
+	$(PY) -m recur_lib.cli data audit --preset cpu
+	$(PY) -m recur_lib.cli workbook --preset cpu
 
 # Throughput, MFU, memory, export compression and scaling -> results/benchmarks/ (about 15 min on 2 cores).
 bench: setup

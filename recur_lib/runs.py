@@ -128,10 +128,13 @@ def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], qu
             raise
 
 
-def _job_env() -> dict[str, str]:
-    """The notebook's environment, with this checkout importable by the job."""
+def _job_env(threads: int | None = None) -> dict[str, str]:
+    """The notebook's environment, with this checkout importable by the job (and a thread count, when
+    jobs share the machine)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    if threads:
+        env.setdefault("OMP_NUM_THREADS", str(threads))  # a user-set value wins
     return env
 
 
@@ -143,9 +146,10 @@ def _read_eval(run_dir: Path) -> dict[str, Any] | None:
 
 
 def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = None, evaluate: bool = True,
-           force: bool = False, quiet: bool = False) -> RunRecord:
+           force: bool = False, quiet: bool = False, threads: int | None = None) -> RunRecord:
     """Train (and evaluate) one config as a subprocess; reuse a finished run, resume an unfinished one.
 
+    `threads`: CPU threads per process (default: the cores shared among the nproc processes).
     Never raises for a failing job: the record says `failed` and carries the log tail.
     """
     nproc = nproc or cfg.run.nproc
@@ -163,9 +167,8 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         (run_dir / "launch.json").write_text(cfg.to_json() + "\n")
         train_args = ["-m", "recur_lib.train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
                       "--force" if force else "--reuse"]
-        env = _job_env()
+        env = _job_env(threads or (max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else None))
         if nproc > 1:
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                    "--master_port", str(_free_port()), *train_args]
         else:
@@ -178,7 +181,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     ev = _read_eval(run_dir)
     if evaluate and status == "finished" and (ev is None or not reused):
         rc, etail = _stream([sys.executable, "-m", "recur_lib.cli", "eval", str(run_dir), "--report-only"],
-                            run_dir / "stdout.log", prefix, _job_env(), quiet)
+                            run_dir / "stdout.log", prefix, _job_env(threads), quiet)
         ev = _read_eval(run_dir) if rc == 0 else None
         if rc != 0:
             tail += etail
@@ -201,7 +204,12 @@ def _arms(grid: Mapping[str, Sequence[Any]] | Mapping[str, Mapping[str, Any]]) -
 def sweep(base: Config, grid: Mapping[str, Any], seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs", *,
           nproc: int = 1, parallel: int = 1, evaluate: bool = True, force: bool = False,
           quiet: bool = False) -> pd.DataFrame:
-    """Every arm x seed; one row per run. A bad arm (invalid config, crash, divergence) is a row too."""
+    """Every arm x seed; one row per run. A bad arm (invalid config, crash, divergence) is a row too.
+
+    `parallel` jobs run at once, the cores split between them (on 2 CPU cores, 2 one-thread jobs
+    of the quick model train ~1.25x faster in total than one two-thread job).
+    """
+    threads = max(1, (os.cpu_count() or 1) // (nproc * parallel)) if parallel > 1 else None
     jobs = [(arm, over, seed) for arm, over in _arms(grid).items() for seed in seeds]
 
     def one(job: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
@@ -209,7 +217,7 @@ def sweep(base: Config, grid: Mapping[str, Any], seeds: Sequence[int] = (0,), ru
         row: dict[str, Any] = {"arm": arm, "seed": seed, **{k: v for k, v in over.items()}}
         try:
             cfg = base.override({**over, "run.seed": seed, "run.name": _slug(arm)})
-            rec = launch(cfg, runs_dir, nproc=nproc, evaluate=evaluate, force=force, quiet=quiet)
+            rec = launch(cfg, runs_dir, nproc=nproc, evaluate=evaluate, force=force, quiet=quiet, threads=threads)
             row.update(rec.row())
             if rec.status not in ("finished", "diverged") and not quiet:
                 print(f"[{arm} seed {seed}] {rec.status}: {rec.log_tail.strip()[-800:]}", flush=True)

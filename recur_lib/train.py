@@ -419,7 +419,7 @@ def _train(cfg: Config, rt: device.Runtime, run_dir: Path, resume: bool, stop_at
         summary.update({"diverged_at_step": step, "last_good_step": last_good_step,
                         "last_good_checkpoint": (run_dir / "ckpt.pt").exists()})
     summary.update({"best_val_bpb": best_val if math.isfinite(best_val) else None,
-                    "world_size": rt.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
+                    "world_size": rt.world_size, "threads": torch.get_num_threads(), "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
                     "torch": torch.__version__, "recur_lib": __version__, "git_commit": git_commit(),
                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "config": cfg.to_dict()})
     if rt.is_main:

@@ -3,7 +3,10 @@ written to results/<preset>/. A failing notebook is saved with papermill's error
 the others still run.
 
     python -m recur_lib.cli workbook --preset quick          # what `make workbook` runs
-    python -m recur_lib.cli workbook --preset cpu --seeds 0 1 2   # the published results (hours)
+    python -m recur_lib.cli workbook --preset cpu            # the published results (make workbook-cpu)
+    python -m recur_lib.cli workbook --preset quick --param seeds=[0,1] --param 30_loop_scaling:loops=[1,2]
+
+A parameter goes to every notebook that declares it; `notebook:name=value` to one notebook only.
 """
 from __future__ import annotations
 
@@ -16,6 +19,42 @@ from typing import Any
 from .paths import PROJECT_ROOT, resolve
 
 NOTEBOOKS = ("00_quickstart", "10_lora_rank_divergence", "20_quant_gap_hybrid", "30_loop_scaling")
+
+# What a preset's workbook passes to the notebooks unless the caller says otherwise ("*": every notebook
+# declaring the name). The published cpu results: 3 seeds, two one-thread runs at a time, loops up to 8.
+PRESET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {"*": {"seeds": [0, 1, 2], "parallel": 2},
+            "30_loop_scaling": {"loops": [1, 2, 3, 4, 6, 8]}},
+}
+
+
+def declared_parameters(name: str) -> set[str]:
+    """The names a notebook's `parameters` cell declares."""
+    import papermill as pm
+    return set(pm.inspect_notebook(str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb")))
+
+
+def notebook_parameters(preset: str, notebooks: tuple[str, ...], parameters: dict[str, Any] | None = None
+                        ) -> dict[str, dict[str, Any]]:
+    """Per notebook, the parameters it receives: the preset's defaults, then `parameters` ("name" for
+    every notebook declaring it, "notebook:name" for one). A name no notebook declares is an error
+    before anything runs, so a typo never silently runs the defaults for hours."""
+    declared = {nb: declared_parameters(nb) for nb in notebooks}
+    defaults = PRESET_PARAMS.get(preset, {})
+    out: dict[str, dict[str, Any]] = {}
+    for nb in notebooks:
+        merged = {**defaults.get("*", {}), **defaults.get(nb, {})}
+        merged.update({k: v for k, v in (parameters or {}).items() if ":" not in k})
+        merged.update({k.split(":", 1)[1]: v for k, v in (parameters or {}).items() if k.split(":", 1)[0] == nb})
+        out[nb] = {k: v for k, v in merged.items() if k in declared[nb]}
+    for key in parameters or {}:
+        nb, _, name = key.rpartition(":")
+        if nb and nb not in notebooks:
+            raise ValueError(f"parameter {key!r}: no notebook {nb!r} in this workbook ({', '.join(notebooks)})")
+        if not any(name in declared[n] for n in ([nb] if nb else notebooks)):
+            raise ValueError(f"parameter {key!r}: not declared by {nb or 'any notebook'}; the parameters cells "
+                             f"declare {sorted(set().union(*declared.values()))}")
+    return out
 
 
 def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str, Any], html: bool = True) -> dict[str, Any]:
@@ -39,12 +78,13 @@ def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str
 
 def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, results_root: str = "results",
                  parameters: dict[str, Any] | None = None, html: bool = True) -> list[dict[str, Any]]:
+    per_notebook = notebook_parameters(preset, notebooks, parameters)
     results_dir = resolve(results_root) / preset
     results_dir.mkdir(parents=True, exist_ok=True)
     report = []
     for name in notebooks:
-        print(f"== {name} ({preset})", flush=True)
-        r = run_notebook(name, preset, results_dir, dict(parameters or {}), html)
+        print(f"== {name} ({preset}) {per_notebook[name]}", flush=True)
+        r = run_notebook(name, preset, results_dir, per_notebook[name], html)
         print(f"   {r['status']} in {r['seconds']} s -> {r['output']}" + (f"\n   {r['error']}" if r["error"] else ""),
               flush=True)
         report.append(r)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recur_lib.workbook import NOTEBOOKS, run_workbook
+from recur_lib.workbook import NOTEBOOKS, notebook_parameters, run_workbook
 
 from conftest import TINY_VOCAB
 
@@ -24,12 +24,26 @@ def test_source_notebooks_have_no_outputs_and_a_parameters_cell() -> None:
         assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code) == 1, name
 
 
+def test_parameters_go_where_declared_and_typos_fail_before_running() -> None:
+    cpu = notebook_parameters("cpu", NOTEBOOKS)
+    assert cpu["00_quickstart"] == {}  # declares neither seeds nor loops
+    assert cpu["20_quant_gap_hybrid"] == {"seeds": [0, 1, 2], "parallel": 2}  # its `loops` is not the loop sweep's
+    assert cpu["30_loop_scaling"]["loops"] == [1, 2, 3, 4, 6, 8]
+    p = notebook_parameters("cpu", NOTEBOOKS, {"seeds": [5], "30_loop_scaling:loops": [2]})
+    assert p["10_lora_rank_divergence"]["seeds"] == [5] and p["30_loop_scaling"]["loops"] == [2]
+    assert p["20_quant_gap_hybrid"] == {"seeds": [5], "parallel": 2}
+    for bad, says in (({"seedz": [1]}, "not declared by any notebook"), ({"00_quickstart:loops": [1]}, "not declared by 00"),
+                      ({"99_x:loops": [1]}, "no notebook '99_x'")):
+        with pytest.raises(ValueError, match=says):
+            notebook_parameters("quick", NOTEBOOKS, bad)
+
+
 @pytest.fixture(scope="module")
 def workbook(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("results")
     report = run_workbook("smoke", NOTEBOOKS, str(root), {
         "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB},
-        "runs_dir": str(root / "runs")}, html=False)
+        "runs_dir": str(root / "runs"), "parallel": 2}, html=False)
     assert [r["status"] for r in report] == ["ok"] * len(NOTEBOOKS), [r["error"] for r in report]
     return root / "smoke"
 

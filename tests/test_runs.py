@@ -66,9 +66,13 @@ def test_sweep_records_crashing_diverging_and_invalid_arms(tiny_data: Path, tmp_
     assert again["reused"].all()
 
 
-def test_grid_product_names_arms(tiny_data: Path, tmp_path: Path) -> None:
+def test_grid_product_names_arms_and_parallel_runs_share_the_cores(tiny_data: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
     df = sweep(base(tiny_data, **{"train.iterations": 2}), {"schedule.n_loops": [1, 2], "model.dim": [32]},
-               seeds=[0], runs_dir=tmp_path, evaluate=False, quiet=True)
-    assert df["arm"].tolist() == ["n_loops=1,dim=32", "n_loops=2,dim=32"]
+               seeds=[0], runs_dir=tmp_path, evaluate=False, quiet=True, parallel=2)
+    assert df["arm"].tolist() == ["n_loops=1,dim=32", "n_loops=2,dim=32"]  # rows in job order
     assert (df["status"] == "finished").all()
+    assert [json.loads((Path(d) / "summary.json").read_text())["threads"] for d in df["run_dir"]] == [1, 1]
     assert json.loads((Path(df["run_dir"][1]) / "config.json").read_text())["schedule"]["n_loops"] == 2

@@ -4,7 +4,10 @@ Each measurement runs in its own subprocess (so peak RSS is per measurement), re
 median and spread. Reference points measured in the same process:
   * peak: a large dense float32 matmul (this machine's real ceiling, not a datasheet number);
   * plain: a minimal PyTorch GPT written below with the same effective depth, width and FLOPs as the
-    model under test, but no schedule, sharing, LoRA or tricks.
+    model under test, but no schedule, sharing, LoRA or tricks;
+  * baseline: the parameter-golf baseline's architecture (QK norm, RoPE, query gain, x0 mix, branch
+    scales, U-Net skips, softcap) written flat in plain autograd PyTorch, same depth/width/FLOPs.
+  ours/baseline is what our schedule machinery costs; baseline/plain what the architecture costs.
 FLOPs per token (training) = 6 x (matmul parameters run per token, counting a shared block once per
 step) + 12 x steps x seq_len x dim (attention scores and values), as nanoGPT's estimate_mfu.
 
@@ -75,6 +78,63 @@ class PlainGPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
+# -- the baseline architecture, written flat ------------------------------------------------------------
+# The parameter-golf baseline's own per-layer ops (QK RMS norm, RoPE, per-head query gain, x0 residual
+# mix, branch scales, U-Net skips, logit softcap) in plain autograd PyTorch: ours / this isolates what
+# the schedule machinery costs; this / plain is what the baseline's architecture costs.
+
+
+class BaselineBlock(PlainBlock):
+    def __init__(self, d: int, h: int, kv: int, hidden: int) -> None:
+        super().__init__(d, h, kv, hidden)
+        self.q_gain = nn.Parameter(torch.full((h,), 1.5))
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+        freqs = torch.outer(torch.arange(4096.0), 10000.0 ** (-torch.arange(0, self.hd, 2).float() / self.hd))
+        self.register_buffer("cos", freqs.cos(), persistent=False)
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def rope(self, t: torch.Tensor) -> torch.Tensor:
+        T, half = t.size(2), t.size(-1) // 2
+        cos, sin = self.cos[:T], self.sin[:T]
+        a, b = t[..., :half], t[..., half:]
+        return torch.cat((a * cos + b * sin, b * cos - a * sin), dim=-1)
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        B, T, D = x.shape
+        x = self.resid_mix[0] * x + self.resid_mix[1] * x0
+        q, k, v = self.qkv(F.rms_norm(x, (D,))).split([D, self.kv * self.hd, self.kv * self.hd], dim=-1)
+        q = self.rope(F.rms_norm(q.view(B, T, self.h, self.hd).transpose(1, 2), (self.hd,)))
+        k = self.rope(F.rms_norm(k.view(B, T, self.kv, self.hd).transpose(1, 2), (self.hd,)))
+        q = q * self.q_gain[None, :, None, None]
+        v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
+        x = x + self.attn_scale * self.o(y.transpose(1, 2).reshape(B, T, D))
+        return x + self.mlp_scale * self.proj(F.relu(self.fc(F.rms_norm(x, (D,)))).square())
+
+
+class BaselineGPT(nn.Module):
+    def __init__(self, vocab: int, d: int, layers: int, h: int, kv: int, hidden: int, softcap: float) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(BaselineBlock(d, h, kv, hidden) for _ in range(layers))
+        self.skip_weights = nn.Parameter(torch.ones(layers // 2, d))
+        self.softcap = softcap
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = x0 = F.rms_norm(self.emb(idx), (self.emb.embedding_dim,))
+        n_enc, skips = len(self.blocks) // 2, []
+        for i, b in enumerate(self.blocks):
+            if i >= n_enc and skips:
+                x = x + self.skip_weights[i - n_enc] * skips.pop()
+            x = b(x, x0)
+            if i < n_enc:
+                skips.append(x)
+        logits = F.linear(F.rms_norm(x, (x.size(-1),)), self.emb.weight)
+        logits = self.softcap * torch.tanh(logits / self.softcap)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+
 def bench_config(name: str) -> Config:
     if name == "flat512":  # the parameter-golf baseline's width and depth at a CPU-sized batch
         return Config.from_name("pg-baseline", {"train.seq_len": 256, "train.batch_tokens": 4096, "run.device": "cpu",
@@ -115,26 +175,38 @@ def matmul_peak(repeats: int) -> float:
 # -- one measurement per subprocess ------------------------------------------------------------------------
 
 
-def one_train(name: str, which: str, repeats: int) -> dict:
+def one_train(name: str, which: str, repeats: int, variant: str = "eager") -> dict:
+    """which: ours | plain | baseline; variant: eager | compile | bf16 (autocast) | threads1."""
     cfg = bench_config(name)
     t = cfg.train
+    if variant == "threads1":
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     m = cfg.model
+    steps = len(build_schedule(cfg.schedule))
+    hidden = int(m.mlp_mult * m.dim)
     if which == "ours":
         model = build_model(cfg)
+    elif which == "baseline":
+        model = BaselineGPT(m.vocab_size, m.dim, steps, m.n_heads, m.n_kv_heads, hidden, m.logit_softcap)
     else:
-        steps = len(build_schedule(cfg.schedule))
-        model = PlainGPT(m.vocab_size, m.dim, steps, m.n_heads, m.n_kv_heads, int(m.mlp_mult * m.dim))
+        model = PlainGPT(m.vocab_size, m.dim, steps, m.n_heads, m.n_kv_heads, hidden)
+    fwd = torch.compile(model) if variant == "compile" else model
     B = t.batch_tokens // t.seq_len
     x, y = torch.randint(0, m.vocab_size, (2, B, t.seq_len))
 
     def step() -> None:
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            loss = fwd(x, y)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
+    t0 = time.perf_counter()
+    step()  # compile happens here
+    first = time.perf_counter() - t0
     med, spread = _time(step, repeats)
-    return {"preset": name, "model": which, "tokens": t.batch_tokens, "seq_len": t.seq_len, "median_s": med,
+    return {"preset": name, "model": which, "variant": variant, "threads": torch.get_num_threads(),
+            "tokens": t.batch_tokens, "seq_len": t.seq_len, "first_step_s": first, "median_s": med,
             "spread_s": spread, "tokens_per_s": t.batch_tokens / med,
             "flops_per_s": flops_per_token(cfg, t.seq_len) * t.batch_tokens / med,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -241,7 +313,7 @@ def main() -> None:
     if a.one:
         kind, *rest = a.one
         if kind == "train":
-            print(json.dumps(one_train(rest[0], rest[1], int(rest[2]))))
+            print(json.dumps(one_train(rest[0], rest[1], int(rest[2]), *rest[3:])))
         elif kind == "eval":
             print(json.dumps(one_eval(rest[0], int(rest[1]))))
         elif kind == "scaling":
@@ -264,17 +336,38 @@ def main() -> None:
 
     rows = []
     for name in presets:
-        ours, plain = _child(["train", name, "ours", str(reps)]), _child(["train", name, "plain", str(reps)])
-        for r in (ours, plain):
-            if "error" in r:
-                print(r)
+        r = {which: _child(["train", name, which, str(reps)]) for which in ("ours", "plain", "baseline")}
+        for which, row in r.items():
+            if "error" in row:
+                print(row)
                 continue
-            r["mfu"] = r["flops_per_s"] / peak
-            rows.append(r)
-        if "error" not in ours and "error" not in plain:
-            print(f"{name:<16} ours {ours['tokens_per_s']:>9,.0f} tok/s  plain {plain['tokens_per_s']:>9,.0f} tok/s  "
-                  f"ratio {ours['tokens_per_s'] / plain['tokens_per_s']:.3f}  MFU {ours['mfu']:.3f}  "
-                  f"RSS {ours['peak_rss_mb']:.0f} MB")
+            row["mfu"] = row["flops_per_s"] / peak
+            rows.append(row)
+        if not any("error" in row for row in r.values()):
+            o = r["ours"]["tokens_per_s"]
+            print(f"{name:<16} ours {o:>8,.0f} tok/s  plain {r['plain']['tokens_per_s']:>8,.0f}  baseline "
+                  f"{r['baseline']['tokens_per_s']:>8,.0f}  ours/plain {o / r['plain']['tokens_per_s']:.3f}  "
+                  f"ours/baseline {o / r['baseline']['tokens_per_s']:.3f}  MFU {r['ours']['mfu']:.3f}  "
+                  f"RSS {r['ours']['peak_rss_mb']:.0f} MB")
+    # torch.compile and bf16 autocast on this CPU, and one job on every core vs two one-thread jobs at once
+    # (what the workbook's parallel sweeps do)
+    for variant in ("compile", "bf16"):
+        for which in ("ours", "plain"):
+            row = _child(["train", "quick", which, str(reps), variant])
+            if "error" not in row:
+                row["mfu"] = row["flops_per_s"] / peak
+                rows.append(row)
+                print(f"quick {variant:<8} {which:<6} {row['tokens_per_s']:>8,.0f} tok/s (first step {row['first_step_s']:.1f} s)")
+    if not a.quick:
+        for jobs in (1, 2):
+            procs = [subprocess.Popen([sys.executable, __file__, "--one", "train", "quick", "ours", str(reps),
+                                       "threads1" if jobs == 2 else "eager"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                     for _ in range(jobs)]
+            got = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
+            for row in got:
+                row.update({"variant": f"{jobs}-jobs", "mfu": row["flops_per_s"] / peak})
+                rows.append(row)
+            print(f"quick {jobs} job(s) at once: {sum(g['tokens_per_s'] for g in got):,.0f} tok/s in total")
     train = pd.DataFrame(rows)
     train.to_csv(out / "train.csv", index=False)
 

@@ -194,6 +194,8 @@ class RunConfig(_Group):
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
     dtype: Literal["auto", "float32", "bfloat16"] = _f("auto", "autocast dtype; auto = bf16 on cuda, fp32 on cpu")
     compile: bool = _f(False, "torch.compile the model")
+    fused_head: bool = _f(True, "training loss: softcap + cross-entropy as one fused autograd op (same math; "
+                          "fewer passes over the logits, see recur_lib/model/fused.py)")
     nproc: int = _f(1, "torchrun processes per node", 1, 1024)
 
 

@@ -44,7 +44,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 CODE_FILES = (
     "__init__.py", "bpb.py", "config.py", "data.py", "device.py", "evaluate.py", "export.py", "loader.py",
     "muon.py", "paths.py", "quant.py", "shards.py", "tokenizer.py", "model/__init__.py", "model/blocks.py",
-    "model/gpt.py", "model/lora.py", "model/schedule.py", "model/tricks.py",
+    "model/fused.py", "model/gpt.py", "model/lora.py", "model/schedule.py", "model/tricks.py",
 )
 
 CONTROL = re.compile(r".*(attn_scale|mlp_scale|resid_mix|q_gain|skip_weights|loop_gains|loop_embed|smear\.gate)$")

@@ -56,9 +56,12 @@ class QLinear(nn.Linear):
     qat_bits: int = 0
     qat_clip: float = 100.0
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward multiplies by: fake-quantized while QAT is on."""
+        return fake_quant(self.weight, self.qat_bits, self.qat_clip) if self.qat_bits else self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quant(self.weight, self.qat_bits, self.qat_clip) if self.qat_bits else self.weight
-        return F.linear(x, w, self.bias)
+        return F.linear(x, self.effective_weight(), self.bias)
 
 
 def set_qat(model: nn.Module, bits: int, clip_percentile: float = 100.0) -> int:

@@ -216,3 +216,25 @@ def test_runs_unchanged_on_cuda() -> None:
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = m(x.cuda())
     assert out.shape == cpu.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_softcap_head_matches_autograd(dtype: torch.dtype) -> None:
+    cfg = tiny(**SCHEDULES["hybrid"], **{"model.logit_softcap": 5.0})  # a small cap: tanh far from linear
+    idx, tgt = torch.randint(0, 64, (2, 3, 16))
+    losses, grads = [], []
+    for fused in (True, False):
+        m = make(cfg.override({"run.fused_head": fused}), perturb=0.5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = m(idx, tgt)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(losses[0], losses[1], rtol=tol, atol=tol)
+    assert torch.allclose(grads[0], grads[1], rtol=tol, atol=tol * grads[1].abs().max().item())
+    m = make(cfg, perturb=0.5)
+    loss = m(idx, tgt)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="run.fused_head=false"):
+        loss.backward()

@@ -28,7 +28,7 @@ def test_parameters_go_where_declared_and_typos_fail_before_running() -> None:
     cpu = notebook_parameters("cpu", NOTEBOOKS)
     assert cpu["00_quickstart"] == {}  # declares neither seeds nor loops
     assert cpu["20_quant_gap_hybrid"] == {"seeds": [0, 1, 2], "parallel": 2}  # its `loops` is not the loop sweep's
-    assert cpu["30_loop_scaling"]["loops"] == [1, 2, 3, 4, 6, 8]
+    assert cpu["30_loop_scaling"]["loops"] == [1, 2, 4, 8]
     p = notebook_parameters("cpu", NOTEBOOKS, {"seeds": [5], "30_loop_scaling:loops": [2]})
     assert p["10_lora_rank_divergence"]["seeds"] == [5] and p["30_loop_scaling"]["loops"] == [2]
     assert p["20_quant_gap_hybrid"] == {"seeds": [5], "parallel": 2}

@@ -61,11 +61,18 @@ class StepExtras:
     ve: torch.Tensor | None = None         # (B, T, kv_dim) value embedding to add to v
 
 
-def _proj(linear: QLinear, x: torch.Tensor, extras: StepExtras | None, name: str) -> torch.Tensor:
-    y = linear(x)
+def _weight(linear: QLinear, extras: StepExtras | None, name: str) -> torch.Tensor:
+    """The projection's weight at this step: fake-quantized while QAT is on, plus this loop's LoRA delta.
+    Adding B A to the (out, in) weight costs out x in x r; applying it to the activations would cost
+    tokens x (in + out) x r and two passes over a (tokens, out) tensor, per target and per step."""
+    w = linear.effective_weight()
     if extras is not None and extras.lora is not None:
-        y = extras.lora.add_delta(name, x, y)
-    return y
+        w = extras.lora.merge(name, w)
+    return w
+
+
+def _proj(linear: QLinear, x: torch.Tensor, extras: StepExtras | None, name: str) -> torch.Tensor:
+    return F.linear(x, _weight(linear, extras, name), linear.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -82,10 +89,13 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, rope_base)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = _proj(self.q, x, extras, "q").view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, hd)
-        k = _proj(self.k, x, extras, "k").view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = _proj(self.v, x, extras, "v")
+        B, T, D = x.shape
+        kv_dim = self.n_kv_heads * self.head_dim
+        # one GEMM for q, k and v (three parameters, so Muon still orthogonalises each on its own)
+        w = torch.cat([_weight(lin, extras, name) for lin, name in ((self.q, "q"), (self.k, "k"), (self.v, "v"))])
+        q, k, v = F.linear(x, w).split((D, kv_dim, kv_dim), dim=-1)
+        q = q.reshape(B, T, self.n_heads, self.head_dim).transpose(1, 2)                               # (B, H, T, hd)
+        k = k.reshape(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)                            # (B, KV, T, hd)
         if extras is not None and extras.ve is not None:
             v = v + extras.ve
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)                               # (B, KV, T, hd)

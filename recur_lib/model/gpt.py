@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..config import Config
 from .blocks import Block, StepExtras, rms_norm
+from .fused import softcap_cross_entropy
 from .lora import LoopLoRA
 from .schedule import Step, build_schedule, format_schedule, n_unique_blocks, shared_blocks
 from .tricks import BigramHash, SmearGate, ValueEmbedding
@@ -126,6 +127,9 @@ class RecurGPT(nn.Module):
         x = rms_norm(x)
         logits = F.linear(x, self.tok_emb.weight.to(x.dtype)) if self.lm_head is None else self.lm_head(x)
         cap = self.cfg.model.logit_softcap
+        if (cap > 0 and targets is not None and reduction == "mean" and self.cfg.run.fused_head
+                and torch.is_grad_enabled()):
+            return softcap_cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), cap)
         if cap > 0:
             logits = cap * torch.tanh(logits / cap)
         if targets is None:

@@ -1,6 +1,7 @@
 """Per-loop LoRA: a low-rank delta on a shared block's projections, different in every loop.
 
-For a shared block run in loop l, projection W gets `W + B_l A_l` (A: r x in, B: out x r). B (or u)
+For a shared block run in loop l, projection W gets `W + B_l A_l` (A: r x in, B: out x r), added to
+the weight before the matmul (cheaper than on the activations when tokens >> dim). B (or u)
 starts at zero, so training starts from the shared weights and a zero-initialised LoRA is an exact
 no-op. Two storage forms, because the LoRA ablation is about how the optimizer treats them:
 
@@ -31,10 +32,11 @@ class LoRAFactor(nn.Module):
             self.A = nn.Parameter(torch.randn(rank, in_features) / in_features ** 0.5)
             self.B = nn.Parameter(torch.zeros(out_features, rank))
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def weight_delta(self) -> torch.Tensor:
+        """B A (or u v^T) as an (out, in) matrix, to add to the projection's weight."""
         if self.form == "vectors":
-            return (x @ self.v.to(x.dtype)).unsqueeze(-1) * self.u.to(x.dtype)  # (..., out)
-        return (x @ self.A.to(x.dtype).t()) @ self.B.to(x.dtype).t()
+            return torch.outer(self.u, self.v)
+        return self.B @ self.A
 
 
 class LoopLoRA(nn.ModuleDict):
@@ -43,7 +45,8 @@ class LoopLoRA(nn.ModuleDict):
     def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, form: str) -> None:
         super().__init__({name: LoRAFactor(i, o, rank, form) for name, (i, o) in shapes.items()})
 
-    def add_delta(self, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def merge(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """weight + this loop's delta for projection `name` (weight itself when it has no factor)."""
         if name not in self:
-            return y
-        return y + self[name].delta(x)
+            return weight
+        return weight + self[name].weight_delta().to(weight.dtype)

@@ -249,6 +249,29 @@ def summarize(df: pd.DataFrame, metric: str = "final_val_bpb", by: str = "arm") 
     return out.reset_index()
 
 
+def lora_norm_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, over its runs: the mean and max Frobenius norm of each per-loop LoRA factor (A, B) and of
+    the delta BA (vector form: v, u, |u||v|) at the last logged step, and the LoRA update RMS there.
+    The mechanism readout of the LoRA ablation: which arms grow which factor."""
+    rows = []
+    for _, r in df.iterrows():
+        m = load_metrics(r["run_dir"]) if isinstance(r.get("run_dir"), str) else pd.DataFrame()
+        if "lora_norms" not in m or m["lora_norms"].dropna().empty:
+            continue
+        last = m.dropna(subset=["lora_norms"]).iloc[-1]
+        norms = pd.DataFrame(list(last["lora_norms"].values()), columns=["A", "B", "BA"])
+        upd = last.get("update_rms")
+        rows.append({"arm": r["arm"], "seed": r["seed"], "step": int(last["step"]),
+                     **{f"{c}_mean": norms[c].mean() for c in norms}, "BA_max": norms["BA"].max(),
+                     "lora_update_rms": upd.get("lora") if isinstance(upd, dict) else None})
+    if not rows:
+        return pd.DataFrame()
+    t = pd.DataFrame(rows)
+    return t.groupby("arm", sort=False).agg(
+        runs=("seed", "size"), step=("step", "max"), A_mean=("A_mean", "mean"), B_mean=("B_mean", "mean"),
+        BA_mean=("BA_mean", "mean"), BA_max=("BA_max", "max"), lora_update_rms=("lora_update_rms", "mean")).reset_index()
+
+
 def save_table(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:
     """Write a results table as CSV and JSON next to the executed notebook; returns the CSV path."""
     out = resolve(results_dir)

@@ -64,6 +64,8 @@ def test_lora_table(workbook: Path) -> None:
     t = pd.read_csv(workbook / "10_lora_rank_divergence.csv")
     assert t["arm"].tolist() == ["rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none",
                                  "rank8-muon-moonlight", "rank8-adamw"]
+    norms = pd.read_csv(workbook / "10_lora_norms.csv")
+    assert norms["arm"].tolist() == t["arm"].tolist() and finite(norms["BA_mean"]) and (norms["BA_mean"] >= 0).all()
     runs = pd.read_csv(workbook / "10_lora_runs.csv")
     assert runs["status"].isin(["finished", "diverged"]).all()
     assert finite(runs[runs.status == "finished"]["final_val_bpb"])

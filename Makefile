@@ -30,7 +30,7 @@ workbook: data
 	$(PY) -m recur_lib.cli workbook --preset $(PRESET)
 
 # The published CPU results into results/cpu/: 3 seeds, two runs at a time (recur_lib/workbook.py
-# PRESET_PARAMS), about 1.5 hours on 2 cores; finished runs are reused, an interrupted one resumes.
+# PRESET_PARAMS), 1.8 hours measured on 2 cores; finished runs are reused, an interrupted one resumes.
 workbook-cpu: data
 	$(PY) -m recur_lib.cli data audit --preset cpu
 	$(PY) -m recur_lib.cli workbook --preset cpu

@@ -505,7 +505,7 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "eval.ttt_chunk_tokens": 2048, "quant.keep_float_max_numel": 1024,  # small models: quantize their blocks
         "run.device": "cpu", "run.dtype": "float32",
     }),
-    # Published CPU results (`make workbook-cpu`: every notebook, 3 seeds, about 1.5 h on 2 cores).
+    # Published CPU results (`make workbook-cpu`: every notebook, 3 seeds, 1.8 h measured on 2 cores).
     # The quick model trained 5/3 as long on twice the validation tokens: the 2-core budget buys seeds
     # and arms rather than width (dim 256 at seq 512 measured ~1.7k tok/s, about 10 h per run).
     "cpu": ("quick", {

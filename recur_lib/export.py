@@ -197,13 +197,13 @@ def _group_of(name: str) -> str:
     return "matrices" if name.startswith(("blocks.", "bigram.", "value_embed.")) else "other"
 
 
-def _frame(state: dict[str, torch.Tensor], cfg: Config, packing: str,
+def _frame(state: dict[str, torch.Tensor], cfg: Config, packing: str, plans: dict[str, tuple[str, int]],
            quantized: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[bytes, list[dict], list[bytes], dict[str, GroupReport]]:
     """The uncompressed artifact with int codes laid out `packing` ("dense" | "bytes")."""
     entries, chunks, offset = [], [], 0
     groups: dict[str, GroupReport] = {}
     for name, t in state.items():
-        kind, bits = tensor_plan(name, t, cfg)
+        kind, bits = plans[name]
         g = groups.setdefault(_group_of(name), GroupReport())
         if kind == "int":
             q, s = quantized[name]
@@ -238,11 +238,11 @@ def export_artifact(model: torch.nn.Module, cfg: Config, path: str | Path | None
     byte-aligned layout and keeps whichever compresses smaller (neither wins everywhere: LOG.md)."""
     zc = zstandard.ZstdCompressor(level=cfg.quant.zstd_level)
     state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
-    quantized = {n: quantize_tensor(t, tensor_plan(n, t, cfg)[1], cfg) for n, t in state.items()
-                 if tensor_plan(n, t, cfg)[0] == "int"}
+    plans = {n: tensor_plan(n, t, cfg) for n, t in state.items()}
+    quantized = {n: quantize_tensor(state[n], bits, cfg) for n, (kind, bits) in plans.items() if kind == "int"}
     best = None
     for packing in (("dense", "bytes") if cfg.quant.pack == "auto" else (cfg.quant.pack,)):
-        frame, entries, chunks, groups = _frame(state, cfg, packing, quantized)
+        frame, entries, chunks, groups = _frame(state, cfg, packing, plans, quantized)
         compressed = zc.compress(frame)
         if best is None or len(compressed) < len(best[0]):
             best = (compressed, entries, chunks, groups)

@@ -128,6 +128,12 @@ def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], qu
             raise
 
 
+def _threads_per_process(nproc: int, jobs: int = 1) -> int | None:
+    """The CPU threads each process gets when `jobs` jobs of `nproc` processes share this machine
+    (None: one process alone keeps torch's default)."""
+    return max(1, (os.cpu_count() or 1) // (nproc * jobs)) if nproc * jobs > 1 else None
+
+
 def _job_env(threads: int | None = None) -> dict[str, str]:
     """The notebook's environment, with this checkout importable by the job (and a thread count, when
     jobs share the machine)."""
@@ -167,7 +173,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         (run_dir / "launch.json").write_text(cfg.to_json() + "\n")
         train_args = ["-m", "recur_lib.train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
                       "--force" if force else "--reuse"]
-        env = _job_env(threads or (max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else None))
+        env = _job_env(threads or _threads_per_process(nproc))
         if nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                    "--master_port", str(_free_port()), *train_args]
@@ -209,7 +215,7 @@ def sweep(base: Config, grid: Mapping[str, Any], seeds: Sequence[int] = (0,), ru
     `parallel` jobs run at once, the cores split between them (on 2 CPU cores, 2 one-thread jobs
     of the quick model train ~1.25x faster in total than one two-thread job).
     """
-    threads = max(1, (os.cpu_count() or 1) // (nproc * parallel)) if parallel > 1 else None
+    threads = _threads_per_process(nproc, parallel) if parallel > 1 else None
     jobs = [(arm, over, seed) for arm, over in _arms(grid).items() for seed in seeds]
 
     def one(job: tuple[str, dict[str, Any], int]) -> dict[str, Any]:

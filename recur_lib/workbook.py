@@ -40,20 +40,20 @@ def notebook_parameters(preset: str, notebooks: tuple[str, ...], parameters: dic
     every notebook declaring it, "notebook:name" for one). A name no notebook declares is an error
     before anything runs, so a typo never silently runs the defaults for hours."""
     declared = {nb: declared_parameters(nb) for nb in notebooks}
-    defaults = PRESET_PARAMS.get(preset, {})
-    out: dict[str, dict[str, Any]] = {}
-    for nb in notebooks:
-        merged = {**defaults.get("*", {}), **defaults.get(nb, {})}
-        merged.update({k: v for k, v in (parameters or {}).items() if ":" not in k})
-        merged.update({k.split(":", 1)[1]: v for k, v in (parameters or {}).items() if k.split(":", 1)[0] == nb})
-        out[nb] = {k: v for k, v in merged.items() if k in declared[nb]}
-    for key in parameters or {}:
-        nb, _, name = key.rpartition(":")
+    given = [(key, *key.rpartition(":")[::2], value) for key, value in (parameters or {}).items()]  # key, nb, name
+    for key, nb, name, _ in given:
         if nb and nb not in notebooks:
             raise ValueError(f"parameter {key!r}: no notebook {nb!r} in this workbook ({', '.join(notebooks)})")
         if not any(name in declared[n] for n in ([nb] if nb else notebooks)):
             raise ValueError(f"parameter {key!r}: not declared by {nb or 'any notebook'}; the parameters cells "
                              f"declare {sorted(set().union(*declared.values()))}")
+    defaults = PRESET_PARAMS.get(preset, {})
+    out: dict[str, dict[str, Any]] = {}
+    for nb in notebooks:
+        merged = {**defaults.get("*", {}), **defaults.get(nb, {})}
+        merged.update({name: v for _, scope, name, v in given if not scope})
+        merged.update({name: v for _, scope, name, v in given if scope == nb})
+        out[nb] = {k: v for k, v in merged.items() if k in declared[nb]}
     return out
 
 

@@ -6,7 +6,8 @@ median and spread. Reference points measured in the same process:
   * plain: a minimal PyTorch GPT written below with the same effective depth, width and FLOPs as the
     model under test, but no schedule, sharing, LoRA or tricks;
   * baseline: the parameter-golf baseline's architecture (QK norm, RoPE, query gain, x0 mix, branch
-    scales, U-Net skips, softcap) written flat in plain autograd PyTorch, same depth/width/FLOPs.
+    scales, U-Net skips, softcap) written flat in plain autograd PyTorch, same depth/width/FLOPs:
+    reference/baseline_gpt.py, the same model tests/test_model.py checks ours against bitwise.
   ours/baseline is what our schedule machinery costs; baseline/plain what the architecture costs.
 FLOPs per token (training) = 6 x (matmul parameters run per token, counting a shared block once per
 step) + 12 x steps x seq_len x dim (attention scores and values), as nanoGPT's estimate_mfu.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from recur_lib import Config, build_model  # noqa: E402
 from recur_lib.model.schedule import build_schedule  # noqa: E402
+from reference.baseline_gpt import BaselineGPT  # noqa: E402
 
 # (the cpu preset is the quick model trained longer, so wide256 stands in for a wider CPU shape)
 TRAIN_PRESETS = ["quick", "seed-927-quick", "seed-1406-quick", "seed-341-quick", "seed-1096-quick",
@@ -76,63 +78,6 @@ class PlainGPT(nn.Module):
         for b in self.blocks:
             x = b(x)
         logits = F.linear(F.rms_norm(x, (x.size(-1),)), self.emb.weight)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-
-
-# -- the baseline architecture, written flat ------------------------------------------------------------
-# The parameter-golf baseline's own per-layer ops (QK RMS norm, RoPE, per-head query gain, x0 residual
-# mix, branch scales, U-Net skips, logit softcap) in plain autograd PyTorch: ours / this isolates what
-# the schedule machinery costs; this / plain is what the baseline's architecture costs.
-
-
-class BaselineBlock(PlainBlock):
-    def __init__(self, d: int, h: int, kv: int, hidden: int) -> None:
-        super().__init__(d, h, kv, hidden)
-        self.q_gain = nn.Parameter(torch.full((h,), 1.5))
-        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(d)), nn.Parameter(torch.ones(d))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
-        freqs = torch.outer(torch.arange(4096.0), 10000.0 ** (-torch.arange(0, self.hd, 2).float() / self.hd))
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
-
-    def rope(self, t: torch.Tensor) -> torch.Tensor:
-        T, half = t.size(2), t.size(-1) // 2
-        cos, sin = self.cos[:T], self.sin[:T]
-        a, b = t[..., :half], t[..., half:]
-        return torch.cat((a * cos + b * sin, b * cos - a * sin), dim=-1)
-
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        B, T, D = x.shape
-        x = self.resid_mix[0] * x + self.resid_mix[1] * x0
-        q, k, v = self.qkv(F.rms_norm(x, (D,))).split([D, self.kv * self.hd, self.kv * self.hd], dim=-1)
-        q = self.rope(F.rms_norm(q.view(B, T, self.h, self.hd).transpose(1, 2), (self.hd,)))
-        k = self.rope(F.rms_norm(k.view(B, T, self.kv, self.hd).transpose(1, 2), (self.hd,)))
-        q = q * self.q_gain[None, :, None, None]
-        v = v.view(B, T, self.kv, self.hd).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv != self.h)
-        x = x + self.attn_scale * self.o(y.transpose(1, 2).reshape(B, T, D))
-        return x + self.mlp_scale * self.proj(F.relu(self.fc(F.rms_norm(x, (D,)))).square())
-
-
-class BaselineGPT(nn.Module):
-    def __init__(self, vocab: int, d: int, layers: int, h: int, kv: int, hidden: int, softcap: float) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList(BaselineBlock(d, h, kv, hidden) for _ in range(layers))
-        self.skip_weights = nn.Parameter(torch.ones(layers // 2, d))
-        self.softcap = softcap
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = x0 = F.rms_norm(self.emb(idx), (self.emb.embedding_dim,))
-        n_enc, skips = len(self.blocks) // 2, []
-        for i, b in enumerate(self.blocks):
-            if i >= n_enc and skips:
-                x = x + self.skip_weights[i - n_enc] * skips.pop()
-            x = b(x, x0)
-            if i < n_enc:
-                skips.append(x)
-        logits = F.linear(F.rms_norm(x, (x.size(-1),)), self.emb.weight)
-        logits = self.softcap * torch.tanh(logits / self.softcap)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
 
 
@@ -189,7 +134,7 @@ def one_train(name: str, which: str, repeats: int, variant: str = "eager") -> di
     if which == "ours":
         model = build_model(cfg)
     elif which == "baseline":
-        model = BaselineGPT(m.vocab_size, m.dim, steps, m.n_heads, m.n_kv_heads, hidden, m.logit_softcap)
+        model = BaselineGPT(m.vocab_size, m.dim, steps, m.n_heads, m.n_kv_heads, hidden, m.logit_softcap, m.rope_base)
     else:
         model = PlainGPT(m.vocab_size, m.dim, steps, m.n_heads, m.n_kv_heads, hidden)
     fwd = torch.compile(model) if variant == "compile" else model
@@ -214,10 +159,10 @@ def one_train(name: str, which: str, repeats: int, variant: str = "eager") -> di
 
 
 def one_eval(name: str, repeats: int) -> list[dict]:
-    from recur_lib.bpb import build_byte_tables
+    from recur_lib.data.bpb import build_byte_tables
     from recur_lib.device import setup
     from recur_lib.evaluate import eval_windows, ttt_score_first
-    from recur_lib.tokenizer import load_tokenizer
+    from recur_lib.data.tokenizer import load_tokenizer
     cfg = Config.from_name(name, {"eval.ttt_chunk_tokens": 2048, "eval.ttt_epochs": 1})
     rt = setup(cfg.run)
     model = build_model(cfg).eval()

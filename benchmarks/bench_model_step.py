@@ -2,7 +2,7 @@
 
     python benchmarks/bench_model_step.py [--presets quick seed-927-quick] [--repeats 5] [--bf16]
 
-A first, model-only benchmark; the benchmarks issue extends it (MFU, plain-GPT baseline, eval, export).
+Model only; `bench.py` adds MFU, the reference baselines, evaluation and export.
 """
 from __future__ import annotations
 

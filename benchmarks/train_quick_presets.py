@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from recur_lib import Config
 from recur_lib.cli import parse_sets
 from recur_lib.paths import resolve
-from recur_lib.train import read_summary, train
+from recur_lib.rundir import read_summary
+from recur_lib.train import train
 
 PRESETS = ["quick", "seed-927-quick", "seed-1406-quick", "seed-341-quick", "seed-1096-quick"]
 

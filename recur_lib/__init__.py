@@ -1,25 +1,41 @@
 """recur_lib: depth-recurrent transformers under the Parameter Golf rules.
 
-The public API, small on purpose:
+What a researcher calls, from a notebook or a shell:
 
-    from recur_lib import Config, build_model, open_data, bpb
-    cfg = Config.from_name("quick", model__dim=256)
+    from recur_lib import Config, launch, sweep, ablations, plots
+    cfg = Config.from_name("quick", model__dim=128)
     print(build_model(cfg).describe())
+    rec = launch(cfg)                                        # train + evaluate in a run folder
+    df = sweep(cfg, {"schedule.n_loops": [1, 2, 4]}, seeds=[0, 1, 2])
+
+The layers, bottom up: `config`/`presets`; `data` (shards, tokenizer, loader, bpb) and `model`;
+`optim`, `quant`, `export`, `evaluate`; `train` and `rundir`; `lab` (runs, ablations, plots, workbook:
+what notebooks import); `cli`. The notebook layer loads on first use, so a training job never
+imports pandas or matplotlib.
 """
-__version__ = "0.1.0"
+from importlib import import_module
+from typing import Any
 
-from .bpb import AuditReport, ByteTables, audit_split, audit_tokens, bpb, build_byte_tables, count_bytes
-from .config import PRESETS, Config, ConfigError, all_keys, describe_fields, preset_names
-from .data import Data, open_data
-from .model import RecurGPT, build_model, build_schedule
-from .loader import DistributedTokenLoader, TokenStream, load_tokens, trim_for_eval
-from .shards import ShardError, read_shard, write_shard
-from .tokenizer import TokenizerError, encode_documents, load_tokenizer, train_tokenizer
+from .config import Config, ConfigError
+from .data import open_data
+from .model import build_model
+from .presets import PRESETS, preset_names
+from .version import __version__
 
-__all__ = [
-    "__version__", "Config", "ConfigError", "PRESETS", "preset_names", "all_keys", "describe_fields",
-    "Data", "open_data", "RecurGPT", "build_model", "build_schedule", "ShardError", "read_shard", "write_shard",
-    "TokenStream", "DistributedTokenLoader", "load_tokens", "trim_for_eval",
-    "TokenizerError", "load_tokenizer", "train_tokenizer", "encode_documents",
-    "ByteTables", "build_byte_tables", "count_bytes", "bpb", "AuditReport", "audit_tokens", "audit_split",
-]
+# name -> (module, attribute or None for the module itself), imported on first access
+_LAB = {
+    "runs": ("recur_lib.lab.runs", None), "ablations": ("recur_lib.lab.ablations", None),
+    "plots": ("recur_lib.lab.plots", None), "workbook": ("recur_lib.lab.workbook", None),
+    "launch": ("recur_lib.lab.runs", "launch"), "sweep": ("recur_lib.lab.runs", "sweep"),
+    "Arm": ("recur_lib.lab.runs", "Arm"),
+}
+
+__all__ = ["__version__", "Config", "ConfigError", "PRESETS", "preset_names", "build_model", "open_data", *_LAB]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAB:
+        raise AttributeError(f"module 'recur_lib' has no attribute {name!r}")
+    module, attr = _LAB[name]
+    value = import_module(module)
+    return value if attr is None else getattr(value, attr)

@@ -1,7 +1,8 @@
-"""`recur` command line: data build/audit/info and config inspection.
+"""`recur` command line: every parser and command of the project.
 
     recur data build [--text-dir DIR] [--out data/default]
     recur train --preset quick --set train.iterations=50 [--resume | --force]
+    torchrun --nproc_per_node 2 -m recur_lib.cli train --config cfg.json      # one job over 2 processes
     recur eval runs/quick --set eval.stride=64 --set eval.ttt=score_first
     recur data audit --preset quick --set data.root=/path/to/fineweb10B_sp1024
     recur config show --preset seed-927 --set model.dim=768 [--json]
@@ -10,11 +11,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, describe_fields, preset_names
+from .config import Config, ConfigError, describe_fields
+from .presets import preset_names
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -39,8 +40,41 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. model.dim=256")
 
 
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--run-dir", help="run folder (default: run.out_dir/run.name)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the folder from its checkpoint")
+    p.add_argument("--force", action="store_true", help="move an existing run aside and train again")
+    p.add_argument("--reuse", action="store_true",
+                   help="a finished run in the folder is reported instead of retrained; an unfinished one resumes")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import device
+    from .rundir import FINAL_STATUSES, RunExistsError, read_summary, run_dir_for
+    from .train import train
+    try:
+        cfg = config_from_args(args)
+        run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
+        resume = args.resume
+        if args.reuse and not args.force:
+            done = read_summary(run_dir)
+            if done and done.get("status") in FINAL_STATUSES:
+                print(f"{run_dir}: reusing the {done['status']} run (val_bpb {done.get('final_val_bpb')}); "
+                      "--force to train again")
+                return 0
+            resume = resume or (run_dir / "ckpt.pt").exists()
+        result = train(cfg, run_dir, resume=resume, force=args.force)
+    except (ConfigError, RunExistsError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        device.teardown()
+    return {"finished": 0, "diverged": 0, "interrupted": 130}.get(result.status, 1)
+
+
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from .build import BuildOptions, build
+    from .data.corpus import BuildOptions, build
     from .paths import resolve
     opts = BuildOptions(out=resolve(args.out), text_dir=Path(args.text_dir).resolve() if args.text_dir else None,
                         vocab_size=args.vocab_size, val_permille=args.val_permille,
@@ -55,8 +89,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_audit(args: argparse.Namespace) -> int:
-    from .bpb import audit_split
-    from .data import open_data
+    from .data import audit_split, open_data
     cfg = config_from_args(args)
     data = open_data(cfg)
     files = data.val_files if args.split == "val" else data.train_files
@@ -100,27 +133,27 @@ def cmd_model_describe(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
-    from .train import run_dir_for
+    from .rundir import run_dir_for
     cfg = None
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.set or run_dir is None:
         base = Config.load(run_dir / "config.json") if run_dir else config_from_args(args)
         cfg = base.override(parse_sets(args.set))
         run_dir = run_dir or run_dir_for(cfg)
-    out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only)
+    out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only, out_name=args.name)
     f, q = out["float"], out["quantized"]
     for mode in f:
         print(f"{mode:<8} float {f[mode]['val_bpb']:.4f}  quantized {q[mode]['val_bpb']:.4f}")
     a = out["artifact"]
     print(f"quant gap {out['quant_gap_bpb']:+.4f} bpb; artifact {a['total_bytes']:,} bytes "
-          f"(model {a['model_bytes']:,} + code {a['code_bytes']:,}) -> {run_dir / 'eval.json'}")
+          f"(model {a['model_bytes']:,} + code {a['code_bytes']:,}) -> {run_dir / (args.name + '.json')}")
     return 0
 
 
 def cmd_workbook(args: argparse.Namespace) -> int:
     import ast
 
-    from .workbook import NOTEBOOKS, run_workbook
+    from .lab.workbook import NOTEBOOKS, run_workbook
     params: dict = {}
     if args.seeds:
         params["seeds"] = args.seeds
@@ -170,16 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", default="data/default")
     i.set_defaults(func=cmd_data_info)
 
-    from .train import add_train_args, run_cli
     tr = sub.add_parser("train", help="train one job (under torchrun: one job over N processes)")
     add_train_args(tr)
-    tr.set_defaults(func=run_cli)
+    tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="export a run's artifact and evaluate float and quantized weights -> eval.json")
     ev.add_argument("run_dir", nargs="?", help="run folder (default: from --preset/--set run.name)")
     add_config_args(ev)
     ev.add_argument("--artifact", help="artifact path (default: RUN_DIR/model.rgolf)")
     ev.add_argument("--report-only", action="store_true", help="measure an over-budget artifact instead of failing")
+    ev.add_argument("--name", default="eval", help="results go to RUN_DIR/NAME.json (and NAME.rgolf); "
+                    "a variant evaluation of the same run takes its own name (default: eval)")
     ev.set_defaults(func=cmd_eval)
 
     wb = sub.add_parser("workbook", help="execute the notebooks with papermill into results/<preset>/")

@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bpb import ByteTables, count_bytes_torch
 from .config import Config
+from .data.bpb import ByteTables, count_bytes_torch
 from .device import Runtime, all_reduce_sum, autocast
+from .paths import atomic_write
 
 
 # -- windows ----------------------------------------------------------------------------------------
@@ -135,7 +136,7 @@ def _ttt_param_groups(model: torch.nn.Module, cfg: Config) -> list[dict[str, Any
 
 
 def make_ttt_optimizer(model: torch.nn.Module, cfg: Config) -> list[torch.optim.Optimizer]:
-    from .muon import Muon
+    from .optim import Muon
     e = cfg.eval
     groups = _ttt_param_groups(model, cfg)
     if e.ttt_optimizer == "adamw":
@@ -242,8 +243,8 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
 
     from . import device
     from .data import open_data
+    from .data.loader import load_tokens, trim_for_eval
     from .export import export_artifact, load_artifact
-    from .loader import load_tokens, trim_for_eval
     from .model import build_model
 
     run_dir = Path(run_dir)
@@ -287,7 +288,5 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     out["eval_seconds"] = round(time.perf_counter() - t_start, 2)
     out["config"] = cfg.to_dict()
     if rt.is_main:
-        tmp = run_dir / f"{out_name}.json.tmp"
-        tmp.write_text(json.dumps(out, indent=2) + "\n")
-        tmp.replace(run_dir / f"{out_name}.json")
+        atomic_write(run_dir / f"{out_name}.json", json.dumps(out, indent=2) + "\n")
     return out

@@ -19,7 +19,6 @@ plus the compressed model bytes must stay within quant.budget_bytes (16,000,000)
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -33,6 +32,7 @@ import zstandard
 
 from .config import Config
 from .model import RecurGPT, build_model
+from .paths import atomic_write
 from .quant import dequantize_rows, qmax, quantize_rows
 
 MAGIC = b"RGOLF1\n"
@@ -40,11 +40,12 @@ FORMAT_VERSION = 1
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 # The modules `load_artifact` + `evaluate` import (relative to recur_lib/): the "code" of the artifact.
-# muon.py is needed only by Muon TTT; it is counted anyway.
+# optim.py is needed only by Muon TTT; it is counted anyway.
 CODE_FILES = (
-    "__init__.py", "bpb.py", "config.py", "data.py", "device.py", "evaluate.py", "export.py", "loader.py",
-    "muon.py", "paths.py", "quant.py", "shards.py", "tokenizer.py", "model/__init__.py", "model/blocks.py",
-    "model/fused.py", "model/gpt.py", "model/lora.py", "model/schedule.py", "model/tricks.py",
+    "__init__.py", "version.py", "config.py", "presets.py", "paths.py", "device.py", "evaluate.py", "export.py",
+    "optim.py", "quant.py", "data/__init__.py", "data/bpb.py", "data/dataset.py", "data/loader.py", "data/shards.py",
+    "data/tokenizer.py", "model/__init__.py", "model/blocks.py", "model/fused.py", "model/gpt.py", "model/lora.py",
+    "model/schedule.py", "model/tricks.py",
 )
 
 CONTROL = re.compile(r".*(attn_scale|mlp_scale|resid_mix|q_gain|skip_weights|loop_gains|loop_embed|smear\.gate)$")
@@ -253,10 +254,7 @@ def export_artifact(model: torch.nn.Module, cfg: Config, path: str | Path | None
         groups[gname].zstd_bytes = len(zc.compress(blob))
     report = ExportReport(Path(path) if path else None, len(compressed), code_bytes(), cfg.quant.budget_bytes, groups)
     if path is not None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(compressed)
-        tmp.replace(path)
+        atomic_write(path, compressed)
     if report.over_budget_by > 0 and not report_only:
         raise ArtifactError(
             f"artifact is {report.total_bytes:,} bytes (model {report.model_bytes:,} + code {report.code_bytes:,}), "

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
 
-from recur_lib.build import BuildOptions, build
+from recur_lib.data.corpus.build import BuildOptions, build
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: reference/baseline_gpt.py
 
 WORDS = ("the of and to in is was for on that with as by at from his her it an were are which this be "
          "model loop token layer weight shared block quantization budget artifact compression training "

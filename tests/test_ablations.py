@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from recur_lib import Config
-from recur_lib.ablations import (divergence_counts, lora_arms, lora_verdict, loop_arms, loop_table, quant_arms,
+from recur_lib.lab.ablations import (divergence_counts, lora_arms, lora_verdict, loop_arms, loop_table, quant_arms,
                                  quant_table, quant_verdict, loop_verdict)
 
 
@@ -36,7 +36,7 @@ def test_lora_verdict_follows_the_data(diverged: dict, expect: str) -> None:
 def test_lora_arms_route_each_factor() -> None:
     base = Config.from_name("seed-1096-smoke")
     arms = lora_arms(0.01, 0.04)
-    cfgs = {k: base.override(v) for k, v in arms.items()}
+    cfgs = {k: base.override(v.overrides) for k, v in arms.items()}
     assert cfgs["rank1-vectors-adamw"].model.loop_lora_form == "vectors"
     assert cfgs["rank8-muon-none"].optim.lora_scale_rule == "none" and cfgs["rank8-muon-none"].optim.lora_optimizer == "muon"
     assert cfgs["rank8-adamw"].optim.lora_optimizer == "adamw" and cfgs["rank8-adamw"].model.loop_lora_rank == 8
@@ -44,7 +44,7 @@ def test_lora_arms_route_each_factor() -> None:
 
 def test_quant_arms_match_parameters_and_depth() -> None:
     base = Config.from_name("smoke")
-    cfgs = {k: base.override(v) for k, v in quant_arms([2, 3], 6).items()}
+    cfgs = {k: base.override(v.overrides) for k, v in quant_arms([2, 3], 6).items()}
     for L in (2, 3):
         s, h = cfgs[f"shared-L{L}-qat-off"], cfgs[f"hybrid-L{L}-qat-on"]
         assert s.unique_blocks == h.unique_blocks == 4 and s.effective_layers == h.effective_layers == 4 * L
@@ -52,7 +52,8 @@ def test_quant_arms_match_parameters_and_depth() -> None:
 
 
 def test_quant_table_and_verdict() -> None:
-    ev = pd.DataFrame([{"arm": f"{a}-L3-qat-{q}", "seed": 0, "variant": f"eval-int{b}", "quant_gap": g}
+    ev = pd.DataFrame([{"arm": f"{a}-L3-qat-{q}", "seed": 0, "variant": f"eval-int{b}", "quant_gap": g,
+                        "arch": a, "loops": 3, "qat": q, "bits": b, "status": "finished"}
                        for a, q, b, g in [("shared", "off", 8, 0.40), ("hybrid", "off", 8, 0.01), ("shared", "on", 8, 0.02),
                                           ("hybrid", "on", 8, 0.0), ("shared", "off", 4, 0.9), ("hybrid", "off", 4, 0.5)]])
     t = quant_table(ev)
@@ -67,8 +68,8 @@ def test_loop_arms_and_verdict() -> None:
     base = Config.from_name("smoke", {"train.iterations": 120})
     arms = loop_arms([1, 2, 4], base, fixed_compute=True)
     assert set(arms) == {"params-L1", "params-L2", "params-L4", "compute-L2", "compute-L4"}
-    assert arms["compute-L4"]["train.iterations"] == round(120 * 4 / 10)
-    df = pd.DataFrame([{"arm": a, "status": "finished", "final_val_bpb": v}
+    assert arms["compute-L4"].overrides["train.iterations"] == round(120 * 4 / 10)
+    df = pd.DataFrame([{"arm": a, "status": "finished", "final_val_bpb": v, **arms[a].labels}
                        for a, v in [("params-L1", 2.0), ("params-L2", 1.9), ("params-L4", 1.895), ("compute-L2", 1.95)]])
     t = loop_table(df)
     assert sorted(t[t["mode"] == "compute"]["loops"]) == [1, 2]

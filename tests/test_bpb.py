@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recur_lib.bpb import audit_split, audit_tokens, bpb, build_byte_tables, count_bytes
-from recur_lib.shards import list_shards
-from recur_lib.tokenizer import BOS_ID, encode_documents, load_tokenizer
+from recur_lib.data.bpb import audit_split, audit_tokens, bpb, build_byte_tables, count_bytes
+from recur_lib.data.shards import list_shards
+from recur_lib.data.tokenizer import BOS_ID, encode_documents, load_tokenizer
 
 from conftest import TINY_VOCAB
 

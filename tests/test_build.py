@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from recur_lib.build import BuildOptions, build, is_finished
-from recur_lib.corpus import CorpusError, fetch_debs, is_val, sha256_file, text_dir_documents
-from recur_lib.tokenizer import load_tokenizer
+from recur_lib.data.corpus.build import BuildOptions, build, is_finished
+from recur_lib.data.corpus.sources import CorpusError, fetch_debs, is_val, sha256_file, text_dir_documents
+from recur_lib.data.tokenizer import load_tokenizer
 
 from conftest import TINY_VOCAB, make_text_dir
 
@@ -98,7 +97,7 @@ def test_without_apt_the_error_says_how_to_use_other_data(tmp_path: Path, monkey
 
 def test_tokenizer_trained_on_train_split_only(tiny_data: Path) -> None:
     """Every val document is absent from the tokenizer's training text (train.txt)."""
-    from recur_lib.build import read_documents
+    from recur_lib.data.corpus.build import read_documents
     train = set(read_documents(tiny_data / "docs" / "train.txt"))
     val = read_documents(tiny_data / "docs" / "val.txt")
     assert val and not any(v in train for v in val)
@@ -106,7 +105,7 @@ def test_tokenizer_trained_on_train_split_only(tiny_data: Path) -> None:
 
 
 def test_corpus_lock_covers_every_source() -> None:
-    from recur_lib.build import CORPUS_LOCK
-    from recur_lib.corpus import SOURCES
+    from recur_lib.data.corpus.build import CORPUS_LOCK
+    from recur_lib.data.corpus.sources import SOURCES
     assert set(CORPUS_LOCK["packages"]) == {s.package for s in SOURCES}
     assert all(len(v["deb_sha256"]) == 64 for v in CORPUS_LOCK["packages"].values())

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from recur_lib.config import PRESETS, Config, ConfigError, all_keys, describe_fields
+from recur_lib.config import Config, ConfigError, all_keys, describe_fields
+from recur_lib.presets import PRESETS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -111,3 +112,14 @@ def test_diff_and_help_cover_every_key() -> None:
     assert Config().diff() == {}
     help_text = describe_fields()
     assert all(k in help_text for k in all_keys())
+
+
+def test_readme_seeds_table_is_the_seeds_list() -> None:
+    """The README's Seeds table and presets.SEEDS say the same thing, and every seed preset exists."""
+    from pathlib import Path
+
+    from recur_lib.presets import SEEDS
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = [ln for ln in readme.splitlines() if ln.startswith("| [#")]
+    assert rows == [f"| [#{s.pr}]({s.url}) | {s.claim} | `{s.preset}` |" for s in SEEDS]
+    assert all(s.preset in PRESETS for s in SEEDS)

@@ -9,8 +9,8 @@ import pytest
 from recur_lib.cli import main
 from recur_lib.config import Config
 from recur_lib.data import open_data
-from recur_lib.shards import ShardError, write_shard
-from recur_lib.tokenizer import TokenizerError
+from recur_lib.data.shards import ShardError, write_shard
+from recur_lib.data.tokenizer import TokenizerError
 
 from conftest import TINY_VOCAB
 

@@ -13,7 +13,7 @@ from recur_lib import Config, build_model
 from recur_lib.data import open_data
 from recur_lib.device import setup
 from recur_lib.evaluate import eval_windows, evaluate_run, pre_quant_ttt, ttt_score_first, window_plan
-from recur_lib.loader import load_tokens, trim_for_eval
+from recur_lib.data.loader import load_tokens
 
 from conftest import TINY_VOCAB
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from recur_lib.loader import DistributedTokenLoader, TokenStream, load_tokens, trim_for_eval
-from recur_lib.shards import ShardError, write_shard
+from recur_lib.data.loader import DistributedTokenLoader, TokenStream, load_tokens, trim_for_eval
+from recur_lib.data.shards import ShardError, write_shard
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Markup strippers: the words stay, the markup goes."""
 from __future__ import annotations
 
-from recur_lib.markup import html_to_text, strip_asciidoc, strip_pod, strip_rest
+from recur_lib.data.corpus.markup import html_to_text, strip_asciidoc, strip_pod, strip_rest
 
 
 def test_rest() -> None:

@@ -11,7 +11,7 @@ from recur_lib.config import Config, ConfigError
 from recur_lib.model import RecurGPT, build_model, build_schedule, format_schedule
 from recur_lib.model.tricks import BigramHash, SmearGate, exclusive_self_attention
 
-from reference_gpt import RefGPT
+from reference.baseline_gpt import BaselineGPT as RefGPT
 
 TINY = {"model.vocab_size": 64, "model.dim": 32, "model.n_heads": 4, "model.n_kv_heads": 2}
 SCHEDULES = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recur_lib import Config, build_model
-from recur_lib.muon import SCALE_RULES, Muon, Optimizers, RoutingError, newton_schulz, route_parameters
+from recur_lib.optim import SCALE_RULES, Muon, Optimizers, RoutingError, newton_schulz, route_parameters
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (128, 32), (32, 128), (576, 8)])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recur_lib.workbook import NOTEBOOKS, notebook_parameters, run_workbook
+from recur_lib.lab.workbook import NOTEBOOKS, notebook_parameters, run_workbook
 
 from conftest import TINY_VOCAB
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from recur_lib import Config
-from recur_lib.runs import launch, load_metrics, run_id, summarize, sweep
+from recur_lib.lab.runs import Arm, evaluate_variants, launch, load_metrics, run_id, summarize, sweep
 from recur_lib.train import train
 
 from conftest import TINY_VOCAB
@@ -76,3 +76,28 @@ def test_grid_product_names_arms_and_parallel_runs_share_the_cores(tiny_data: Pa
     assert (df["status"] == "finished").all()
     assert [json.loads((Path(d) / "summary.json").read_text())["threads"] for d in df["run_dir"]] == [1, 1]
     assert json.loads((Path(df["run_dir"][1]) / "config.json").read_text())["schedule"]["n_loops"] == 2
+
+
+def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_data: Path, tmp_path: Path) -> None:
+    """Labels travel from the arm to the sweep row and on to every variant row; a failing variant is a
+    row with its status (the others still evaluate, two at a time); a saved evaluation is reused."""
+    arms = [Arm("narrow", {"model.dim": 32}, labels={"width": 32, "kind": "n"}),
+            Arm("wide", {"model.dim": 64}, labels={"width": 64, "kind": "w"})]
+    df = sweep(base(tiny_data, **{"train.iterations": 2}), arms, seeds=[0], runs_dir=tmp_path, evaluate=False, quiet=True)
+    assert df[["arm", "width", "kind", "model.dim"]].values.tolist() == [["narrow", 32, "n", 32], ["wide", 64, "w", 64]]
+    variants = [Arm("int6", {"quant.export_bits": 6}, labels={"bits": 6}),
+                Arm("bad", {"quant.export_bits": 99}, labels={"bits": 99}),
+                Arm("nodata", {"data.root": str(tmp_path / "missing")}, labels={"bits": 8})]
+    ev = evaluate_variants(df, variants, parallel=2, quiet=True)
+    assert len(ev) == 6 and ev[["arm", "variant"]].values.tolist()[:3] == [["narrow", "int6"], ["narrow", "bad"],
+                                                                          ["narrow", "nodata"]]
+    status = ev.set_index(["arm", "variant"])["status"].to_dict()
+    assert {k[1]: v for k, v in status.items()} == {"int6": "finished", "bad": "invalid_config", "nodata": "eval_failed"}
+    ok = ev[ev["variant"] == "int6"]
+    assert ok["width"].tolist() == [32, 64] and ok["bits"].eq(6).all() and ok["quant_gap"].notna().all()
+    assert "quant.export_bits" in ev.loc[ev["variant"] == "bad", "error"].iloc[0]
+    assert (Path(df["run_dir"][0]) / "int6.json").exists() and not (Path(df["run_dir"][0]) / "nodata.json").exists()
+    saved = Path(df["run_dir"][0]) / "int6.json"
+    mtime = saved.stat().st_mtime_ns
+    again = evaluate_variants(df, variants[:1], quiet=True)
+    assert again["quant_gap"].tolist() == ok["quant_gap"].tolist() and saved.stat().st_mtime_ns == mtime  # reused

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recur_lib.shards import HEADER_BYTES, MAGIC, ShardError, list_shards, read_header, read_shard, write_shard
+from recur_lib.data.shards import HEADER_BYTES, MAGIC, ShardError, list_shards, read_header, read_shard, write_shard
 
 
 def independent_write(path: Path, tokens: list[int], magic: int = MAGIC, version: int = 1, count: int | None = None) -> None:

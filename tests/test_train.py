@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from recur_lib import Config
-from recur_lib.loader import DistributedTokenLoader
-from recur_lib.shards import ShardError
-from recur_lib.tokenizer import TokenizerError
-from recur_lib.train import RunExistsError, WeightAverager, lr_scale, muon_momentum, train
+from recur_lib.data.loader import DistributedTokenLoader
+from recur_lib.data.shards import ShardError
+from recur_lib.data.tokenizer import TokenizerError
+from recur_lib.rundir import RunExistsError
+from recur_lib.train import WeightAverager, lr_scale, muon_momentum, train
 
 from conftest import TINY_VOCAB
 
@@ -219,7 +220,7 @@ def test_two_processes_give_the_one_process_loss_curve(tiny_data: Path, tmp_path
     cfg = cfg_for(tiny_data, tmp_path, "ddp", **over)
     cfg.save(tmp_path / "cfg.json")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "recur_lib.train", "--config", str(tmp_path / "cfg.json")]
+           "-m", "recur_lib.cli", "train", "--config", str(tmp_path / "cfg.json")]
     res = subprocess.run(cmd, env=_two_process_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     two = json.loads((tmp_path / "ddp" / "summary.json").read_text())

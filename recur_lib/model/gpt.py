@@ -21,7 +21,7 @@ from .blocks import Block, StepExtras, rms_norm
 from .fused import softcap_cross_entropy
 from .lora import LoopLoRA
 from .schedule import Step, build_schedule, format_schedule, n_unique_blocks, shared_blocks
-from .tricks import BigramHash, SmearGate, ValueEmbedding
+from .tricks import BigramHash, SmearGate, UNetSkips, ValueEmbedding, add_loop_embedding
 
 
 class RecurGPT(nn.Module):
@@ -113,17 +113,13 @@ class RecurGPT(nn.Module):
         ve = self.value_embed(idx) if self.value_embed is not None else None
         n = len(steps)
         n_enc = self.n_encoder if n == len(self.steps) else round(self.n_encoder * n / len(self.steps))
-        skips: list[torch.Tensor] = []
+        skips = UNetSkips(self.skip_weights, n_enc)
         for i, st in enumerate(steps):
-            j = i - n_enc
-            if self.skip_weights is not None and j >= 0 and skips and j < len(self.skip_weights):
-                x = x + self.skip_weights[j].to(x.dtype) * skips.pop()
-            if self.loop_embed is not None and st.role in ("core", "repeat") and (
-                    i == 0 or steps[i - 1].loop != st.loop or steps[i - 1].role != st.role):
-                x = x + self.loop_embed[min(st.loop, len(self.loop_embed) - 1)].to(x.dtype)
+            x = skips.enter(i, x)
+            if self.loop_embed is not None:
+                x = add_loop_embedding(x, self.loop_embed, steps, i)
             x = self.blocks[st.block](x, x0, self._extras(st, i, n, ve))
-            if i < n_enc:
-                skips.append(x)
+            skips.leave(i, x)
         x = rms_norm(x)
         logits = F.linear(x, self.tok_emb.weight.to(x.dtype)) if self.lm_head is None else self.lm_head(x)
         cap = self.cfg.model.logit_softcap
@@ -153,7 +149,8 @@ class RecurGPT(nn.Module):
 
     def payload_bytes(self, bits: int) -> int:
         """Quantized weight payload before compression: 2-D tensors of >= 16384 entries at `bits` per
-        entry plus an fp16 scale per row, everything else in fp16. An estimate until export exists."""
+        entry plus an fp16 scale per row, everything else in fp16: a quick estimate from shapes alone
+        (`export.export_artifact` measures the real artifact)."""
         total = 0
         for p in self.parameters():
             if p.ndim == 2 and p.numel() >= 16384:

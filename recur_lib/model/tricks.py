@@ -1,14 +1,18 @@
-"""The seeds' tricks, one unit each. Every one is off by default and, when off, never called.
+"""The tricks, one unit each: the seeds' (off by default and, when off, never called) and the
+baseline's U-Net skips (on by default, as in `train_gpt.py`).
 
 Each docstring says what the trick does, where it comes from, how ours differs, and what to watch.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..quant import QLinear
+from .schedule import Step
 
 
 def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,3 +92,44 @@ class ValueEmbedding(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.proj(self.table(idx))                                  # (B, T, kv_dim)
+
+
+class UNetSkips:
+    """U-Net skips across schedule steps, for one forward pass: the outputs of the first `n_encoder`
+    steps are pushed on a stack, and each later step j = i - n_encoder (while the stack and the weights
+    last) starts from x + weights[j] * (the most recent pushed output), mirroring encoder and decoder.
+
+    Source: the parameter-golf baseline `train_gpt.py` (9 layers: 4 encoder, 5 decoder, 4 skips); #927
+    runs it over the 28 looped steps with 12 encoder steps. Ours counts schedule steps, not blocks, so
+    a shared block can sit on both sides. When a pass runs another number of steps than training did
+    (evaluating at more loops), the encoder side is scaled with it.
+    """
+
+    def __init__(self, weights: torch.Tensor | None, n_encoder: int) -> None:
+        self.weights, self.n_encoder = weights, n_encoder
+        self.stack: list[torch.Tensor] = []
+
+    def enter(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The input of step i: x, plus the mirrored encoder output on the decoder side."""
+        j = i - self.n_encoder
+        if self.weights is not None and j >= 0 and self.stack and j < len(self.weights):
+            x = x + self.weights[j].to(x.dtype) * self.stack.pop()
+        return x
+
+    def leave(self, i: int, x: torch.Tensor) -> None:
+        if i < self.n_encoder:
+            self.stack.append(x)
+
+
+def add_loop_embedding(x: torch.Tensor, table: torch.Tensor, steps: Sequence[Step], i: int) -> torch.Tensor:
+    """Loop embedding: at the first step of each pass of a shared core (role core or repeat), add a
+    learned vector for the loop index, so a shared block can tell its passes apart.
+
+    Source: per-iteration embeddings of parameter-golf #1110 (via the field notes); the table starts at
+    zero, so it begins as a no-op. Loops beyond the trained ones (evaluation at more loops) reuse the
+    last row.
+    """
+    st = steps[i]
+    if st.role in ("core", "repeat") and (i == 0 or steps[i - 1].loop != st.loop or steps[i - 1].role != st.role):
+        x = x + table[min(st.loop, len(table) - 1)].to(x.dtype)
+    return x

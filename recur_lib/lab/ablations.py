@@ -5,13 +5,12 @@ show; when an effect does not appear, the text says so.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import pandas as pd
 
-from .config import Config
+from ..config import Config
+from .runs import Arm
 
 LORA_ARMS = ("rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none", "rank8-muon-moonlight", "rank8-adamw")
 
@@ -19,23 +18,25 @@ LORA_ARMS = ("rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none", "ran
 # -- arms ---------------------------------------------------------------------------------------------
 
 
-def lora_arms(lr_adamw: float, lr_muon: float, rank: int = 8) -> dict[str, dict[str, Any]]:
+def lora_arms(lr_adamw: float, lr_muon: float, rank: int = 8) -> dict[str, Arm]:
     """#1096: rank-1 vectors on AdamW vs rank-r matrices routed to Muon (three scale rules) or AdamW."""
     mats = {"model.loop_lora_rank": rank, "model.loop_lora_form": "matrices"}
-    arms = {
-        "rank1-vectors-adamw": {"model.loop_lora_rank": 1, "model.loop_lora_form": "vectors",
-                                "optim.lora_optimizer": "adamw", "optim.lora_lr": lr_adamw},
-        **{f"rank{rank}-muon-{rule}": {**mats, "optim.lora_optimizer": "muon", "optim.lora_scale_rule": rule,
-                                       "optim.lora_lr": lr_muon} for rule in ("keller", "none", "moonlight")},
-        f"rank{rank}-adamw": {**mats, "optim.lora_optimizer": "adamw", "optim.lora_lr": lr_adamw},
-    }
-    return arms
+    arms = [Arm("rank1-vectors-adamw", {"model.loop_lora_rank": 1, "model.loop_lora_form": "vectors",
+                                        "optim.lora_optimizer": "adamw", "optim.lora_lr": lr_adamw},
+                {"rank": 1, "optimizer": "adamw", "scale_rule": None})]
+    arms += [Arm(f"rank{rank}-muon-{rule}", {**mats, "optim.lora_optimizer": "muon", "optim.lora_scale_rule": rule,
+                                             "optim.lora_lr": lr_muon}, {"rank": rank, "optimizer": "muon", "scale_rule": rule})
+             for rule in ("keller", "none", "moonlight")]
+    arms.append(Arm(f"rank{rank}-adamw", {**mats, "optim.lora_optimizer": "adamw", "optim.lora_lr": lr_adamw},
+                    {"rank": rank, "optimizer": "adamw", "scale_rule": None}))
+    return {a.name: a for a in arms}
 
 
-def quant_arms(loops: list[int], qat_bits: int) -> dict[str, dict[str, Any]]:
+def quant_arms(loops: list[int], qat_bits: int) -> dict[str, Arm]:
     """#341: fully shared (4 blocks x L loops) vs hybrid (1 + 2 x (2L-1) + 1): both 4 unique blocks and 4L
-    effective layers, so parameters and depth match; each with QAT off and on."""
-    arms = {}
+    effective layers, so parameters and depth match; each with QAT off and on.
+    Labels: arch (shared | hybrid), loops (L), qat (off | on)."""
+    arms = []
     for L in loops:
         shapes = {
             "shared": {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_core": 4, "schedule.n_loops": L,
@@ -45,57 +46,45 @@ def quant_arms(loops: list[int], qat_bits: int) -> dict[str, dict[str, Any]]:
         }
         for arch, shape in shapes.items():
             for qat in ("off", "on"):
-                arms[f"{arch}-L{L}-qat-{qat}"] = {**shape, "quant.qat_bits": qat_bits if qat == "on" else 0}
-    return arms
+                arms.append(Arm(f"{arch}-L{L}-qat-{qat}", {**shape, "quant.qat_bits": qat_bits if qat == "on" else 0},
+                                {"arch": arch, "loops": L, "qat": qat}))
+    return {a.name: a for a in arms}
 
 
-def loop_arms(loops: list[int], base: Config, fixed_compute: bool) -> dict[str, dict[str, Any]]:
+def loop_arms(loops: list[int], base: Config, fixed_compute: bool) -> dict[str, Arm]:
     """Hybrid 1 + 2 x L + 1 (4 unique blocks) for each L: fixed parameters, and optionally fixed compute
-    (iterations scaled so iterations x effective layers matches the smallest L)."""
-    arms = {}
+    (iterations scaled so iterations x effective layers matches the smallest L).
+    Labels: mode (params | compute), loops (L)."""
+    arms = []
     ref = 2 + 2 * min(loops)
     for L in loops:
         shape = {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2, "schedule.n_loops": L,
                  "schedule.n_coda": 1}
-        arms[f"params-L{L}"] = shape
+        arms.append(Arm(f"params-L{L}", shape, {"mode": "params", "loops": L}))
         if fixed_compute and L != min(loops):
             iters = max(1, round(base.train.iterations * ref / (2 + 2 * L)))
             warmdown = min(base.train.warmdown_iters, iters)
-            arms[f"compute-L{L}"] = {**shape, "train.iterations": iters, "train.warmdown_iters": warmdown,
-                                     "train.warmup_steps": min(base.train.warmup_steps, iters)}
-    return arms
+            arms.append(Arm(f"compute-L{L}", {**shape, "train.iterations": iters, "train.warmdown_iters": warmdown,
+                                              "train.warmup_steps": min(base.train.warmup_steps, iters)},
+                            {"mode": "compute", "loops": L}))
+    return {a.name: a for a in arms}
 
 
-# -- extra evaluations of finished runs ----------------------------------------------------------------
+# -- extra evaluations of finished runs (run by runs.evaluate_variants) ------------------------------------
 
 
-def evaluate_variants(df: pd.DataFrame, variants: dict[str, dict[str, Any]] | Callable[[Config], dict[str, dict[str, Any]]]
-                      ) -> pd.DataFrame:
-    """For each finished run and each named variant (config overrides of quant/eval, or a function of
-    the run's config giving them), evaluate once (reusing <variant>.json when present); one row per run
-    and variant."""
-    from .evaluate import evaluate_run
-    from .runs import eval_row
-    rows = []
-    for _, r in df.iterrows():
-        if r.get("status") != "finished":
-            continue
-        run_dir = Path(r["run_dir"])
-        saved = Config.load(run_dir / "config.json")
-        for name, over in (variants(saved) if callable(variants) else variants).items():
-            path = run_dir / f"{name}.json"
-            e = json.loads(path.read_text()) if path.exists() else evaluate_run(
-                run_dir, saved.override(over), report_only=True, out_name=name)
-            rows.append({**{k: r[k] for k in ("arm", "seed") if k in r}, "variant": name,
-                         "eval_loops": e.get("eval_loops"), **eval_row(e)})
-    return pd.DataFrame(rows)
+def export_variants(bits: list[int]) -> list[Arm]:
+    """Export each run at each width; label: bits."""
+    return [Arm(f"eval-int{b}", {"quant.export_bits": b}, {"bits": b}) for b in bits]
 
 
-def depth_variants(extra: list[int]) -> Callable[[Config], dict[str, dict[str, Any]]]:
-    """Evaluate each run at its trained loop count plus each of `extra` more loops."""
-    def variants(cfg: Config) -> dict[str, dict[str, Any]]:
+def depth_variants(extra: list[int]) -> Callable[[Config], list[Arm]]:
+    """Evaluate each run at its trained loop count plus each of `extra` more loops; labels: trained_loops,
+    extra_loops."""
+    def variants(cfg: Config) -> list[Arm]:
         L = cfg.schedule.n_loops
-        return {f"eval-loops{L + k}": {"eval.eval_loops": L + k} for k in [0, *extra]}
+        return [Arm(f"eval-loops{L + k}", {"eval.eval_loops": L + k}, {"trained_loops": L, "extra_loops": k})
+                for k in [0, *extra]]
     return variants
 
 
@@ -103,24 +92,24 @@ def depth_variants(extra: list[int]) -> Callable[[Config], dict[str, dict[str, A
 
 
 def quant_table(ev: pd.DataFrame) -> pd.DataFrame:
-    """evaluate_variants rows of the quant ablation, with arch / loops / qat / bits as columns."""
-    t = ev.copy()
-    parts = t["arm"].str.extract(r"(?P<arch>shared|hybrid)-L(?P<loops>\d+)-qat-(?P<qat>on|off)")
-    t = pd.concat([t, parts], axis=1)
-    t["loops"] = t["loops"].astype(int)
-    t["bits"] = t["variant"].str.extract(r"int(\d+)")[0].astype(int)
-    return t
+    """evaluate_variants rows of the quant ablation (columns arch, loops, qat, bits from the labels),
+    finished evaluations only, in a stable order."""
+    missing = {"arch", "loops", "qat", "bits"} - set(ev.columns)
+    if missing:
+        raise ValueError(f"quant_table: columns {sorted(missing)} missing; evaluate quant_arms runs with "
+                         "export_variants so that their labels become columns")
+    t = ev[ev["status"] == "finished"] if "status" in ev else ev
+    return t.astype({"loops": int, "bits": int}).sort_values(["arch", "loops", "qat", "bits"], kind="stable",
+                                                             ignore_index=True)
 
 
 def loop_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Sweep rows of the loop ablation with mode (params | compute) and loops as columns."""
-    t = df.copy()
-    parts = t["arm"].str.extract(r"(?P<mode>params|compute)-L(?P<loops>\d+)")
-    t = pd.concat([t, parts], axis=1)
-    t["loops"] = t["loops"].astype(int)
+    """Sweep rows of the loop ablation (columns mode, loops from the labels). The fixed-compute series
+    starts from the same run as the fixed-parameter one at the smallest L, so that row is repeated
+    with mode "compute"."""
+    t = df.astype({"loops": int})
     base = t[t["mode"] == "params"]
     smallest = base["loops"].min()
-    # the fixed-compute curve starts from the same run as the fixed-parameter one at the smallest L
     extra = base[base["loops"] == smallest].assign(mode="compute")
     return pd.concat([t, extra], ignore_index=True)
 

@@ -7,10 +7,11 @@ file and what is wrong with it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from ..paths import atomic_write
 
 MAGIC = 20240520
 VERSION = 1
@@ -33,13 +34,7 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> None:
         raise ValueError(f"{path}: token ids must lie in [0, {MAX_VOCAB}) to fit uint16")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, toks.size
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(toks.astype("<u2", copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, header.tobytes() + toks.astype("<u2", copy=False).tobytes())
 
 
 def read_header(path: str | Path) -> int:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .paths import PROJECT_ROOT, resolve
+from ..paths import PROJECT_ROOT, atomic_write, resolve
 
 NOTEBOOKS = ("00_quickstart", "10_lora_rank_divergence", "20_quant_gap_hybrid", "30_loop_scaling")
 
@@ -92,5 +92,5 @@ def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, 
     path = results_dir / "workbook.json"  # one entry per notebook, the latest execution of each
     previous = json.loads(path.read_text()) if path.exists() else []
     merged = {r["notebook"]: r for r in previous + report}
-    path.write_text(json.dumps([merged[n] for n in NOTEBOOKS if n in merged], indent=2) + "\n")
+    atomic_write(path, json.dumps([merged[n] for n in NOTEBOOKS if n in merged], indent=2) + "\n")
     return report

@@ -14,6 +14,8 @@ from typing import Sequence
 import numpy as np
 import sentencepiece as spm
 
+from ..paths import atomic_write
+
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 SPEC = dict(
@@ -47,9 +49,7 @@ def train_tokenizer(text_file: str | Path, model_path: str | Path, vocab_size: i
             num_threads=num_threads or os.cpu_count() or 1, input_sentence_size=0,
             shuffle_input_sentence=False, max_sentence_length=16384, minloglevel=2, **SPEC,
         )
-    tmp = model_path.with_name(model_path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, model_path)
+    atomic_write(model_path, buf.getvalue())
     return load_tokenizer(model_path)
 
 

@@ -2,12 +2,15 @@
 
     rec = launch(cfg, runs_dir="runs/workbook")                 # train (+ eval), streamed into the cell
     df = sweep(base, {"schedule.n_loops": [1, 2, 4]}, seeds=[0, 1, 2])
+    df = sweep(base, [Arm("wide", {"model.dim": 128}, labels={"width": 128}), ...])
+    ev = evaluate_variants(df, [Arm("int6", {"quant.export_bits": 6}, labels={"bits": 6})])
 
 A run's folder is named `<run.name>-<id>`, where the id hashes the resolved config (seed included) and
-the code version (the library files that affect results). So a finished run is found and reused
-instead of re-run, an unfinished one resumes from its checkpoint, and `force=True` trains again (the
-old folder is moved aside, never deleted). A failing or diverging arm becomes a row with its status
-and log tail; the sweep goes on. Everything lives in run folders, so nothing finished is lost when a
+the code version: the modules that change what a run computes (`COMPUTE_FILES`). So a finished run is
+found and reused instead of re-run, an unfinished one resumes from its checkpoint, and `force=True`
+trains again (the old folder is moved aside, never deleted). Training and every evaluation run as
+subprocesses: a failing or diverging arm, or a failing evaluation, becomes a row with its status and
+log tail, and the sweep goes on. Everything lives in run folders, so nothing finished is lost when a
 kernel dies.
 """
 from __future__ import annotations
@@ -24,26 +27,38 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import pandas as pd
 
-from .config import Config, ConfigError
-from .paths import PROJECT_ROOT, resolve
-from .train import FINAL_STATUSES, read_summary
+from ..config import Config, ConfigError
+from ..paths import PROJECT_ROOT, atomic_write, resolve
+from ..rundir import FINAL_STATUSES, read_eval, read_summary
 
-PACKAGE = Path(__file__).resolve().parent
-# Files that cannot change a run's numbers: edits to them keep old runs reusable.
-NOT_IN_CODE_VERSION = {"runs.py", "plots.py", "cli.py", "build.py", "corpus.py", "markup.py", "workbook.py",
-                       "findings.py"}
+PACKAGE = Path(__file__).resolve().parents[1]
+
+# The modules (relative to recur_lib/) that change what a run computes: its weights, losses, bpb and
+# artifact. Only they enter the code version, so editing a plot, a verdict, the CLI or the runner
+# retrains nothing. The config's values are hashed directly, so config.py and presets.py are not here.
+# tests/test_layout.py checks that every module the trainer and the evaluator import is either listed
+# here or in NOT_COMPUTING.
+COMPUTE_FILES = (
+    "train.py", "evaluate.py", "export.py", "quant.py", "optim.py", "device.py",
+    "model/gpt.py", "model/blocks.py", "model/tricks.py", "model/schedule.py", "model/lora.py", "model/fused.py",
+    "data/dataset.py", "data/shards.py", "data/loader.py", "data/tokenizer.py", "data/bpb.py",
+)
+# Imported by training or evaluation without changing a number: re-exports, the config tree (hashed by
+# value), paths, run-folder bookkeeping, the version string.
+NOT_COMPUTING = ("__init__.py", "version.py", "config.py", "presets.py", "paths.py", "rundir.py",
+                 "data/__init__.py", "model/__init__.py")
 
 
-def code_version() -> str:
+def code_version(package: Path = PACKAGE) -> str:
+    """A hash of COMPUTE_FILES under `package` (names and bytes)."""
     h = hashlib.sha256()
-    for f in sorted(PACKAGE.rglob("*.py")):
-        if f.name not in NOT_IN_CODE_VERSION:
-            h.update(f.relative_to(PACKAGE).as_posix().encode())
-            h.update(f.read_bytes())
+    for name in COMPUTE_FILES:
+        h.update(name.encode())
+        h.update((package / name).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -82,7 +97,7 @@ class RunRecord:
                              "run_dir": str(self.run_dir)}
         if self.eval:
             r.update(eval_row(self.eval))
-        if self.status == "failed":
+        if self.status not in FINAL_STATUSES:
             r["error"] = s.get("error") or self.log_tail.strip().splitlines()[-1:] or ""
         return r
 
@@ -144,11 +159,26 @@ def _job_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def _read_eval(run_dir: Path) -> dict[str, Any] | None:
+def run_evaluation(run_dir: str | Path, name: str = "eval", overrides: Mapping[str, Any] | None = None, *,
+             quiet: bool = False, threads: int | None = None) -> tuple[str, dict[str, Any] | None, str]:
+    """Evaluate a finished run in a subprocess (`recur eval RUN_DIR --name NAME --set ...`), with
+    `overrides` (quant, eval, data or run fields) on top of its config; returns (status, eval dict,
+    log tail) with status "finished", "invalid_config" or "eval_failed". A saved RUN_DIR/NAME.json of
+    the same config is reused; an over-budget artifact is measured, not refused."""
+    run_dir = Path(run_dir)
+    overrides = dict(overrides or {})
     try:
-        return json.loads((run_dir / "eval.json").read_text())
-    except (OSError, ValueError):
-        return None
+        cfg = Config.load(run_dir / "config.json").override(overrides)
+    except ConfigError as e:
+        return "invalid_config", None, str(e)
+    saved = read_eval(run_dir, name)
+    if saved is not None and saved.get("config") == cfg.to_dict():
+        return "finished", saved, ""
+    sets = [arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]
+    cmd = [sys.executable, "-m", "recur_lib.cli", "eval", str(run_dir), "--report-only", "--name", name, *sets]
+    rc, tail = _stream(cmd, run_dir / "stdout.log", f"[{run_dir.name} {name}] ", _job_env(threads), quiet)
+    result = read_eval(run_dir, name) if rc == 0 else None
+    return ("finished", result, tail) if result is not None else ("eval_failed", None, tail)
 
 
 def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = None, evaluate: bool = True,
@@ -167,78 +197,130 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     summary = read_summary(run_dir) or {}
     reused = summary.get("status") in FINAL_STATUSES and not force
     tail = ""
-    prefix = f"[{run_dir.name}] "
     if not reused:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "launch.json").write_text(cfg.to_json() + "\n")
-        train_args = ["-m", "recur_lib.train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
-                      "--force" if force else "--reuse"]
+        atomic_write(run_dir / "launch.json", cfg.to_json() + "\n")
+        train_args = ["-m", "recur_lib.cli", "train", "--config", str(run_dir / "launch.json"),
+                      "--run-dir", str(run_dir), "--force" if force else "--reuse"]
         env = _job_env(threads or _threads_per_process(nproc))
         if nproc > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                    "--master_port", str(_free_port()), *train_args]
         else:
             cmd = [sys.executable, *train_args]
-        rc, tail = _stream(cmd, run_dir / "stdout.log", prefix, env, quiet)
+        rc, tail = _stream(cmd, run_dir / "stdout.log", f"[{run_dir.name}] ", env, quiet)
         summary = read_summary(run_dir) or {}
         if rc != 0 and summary.get("status") in (None, "finished"):
             summary = {**summary, "status": "failed", "error": f"exit code {rc}"}
     status = summary.get("status", "failed")
-    ev = _read_eval(run_dir)
+    ev = read_eval(run_dir)
     if evaluate and status == "finished" and (ev is None or not reused):
-        rc, etail = _stream([sys.executable, "-m", "recur_lib.cli", "eval", str(run_dir), "--report-only"],
-                            run_dir / "stdout.log", prefix, _job_env(threads), quiet)
-        ev = _read_eval(run_dir) if rc == 0 else None
-        if rc != 0:
-            tail += etail
-            status = "eval_failed"
+        status, ev, etail = run_evaluation(run_dir, quiet=quiet, threads=threads)
+        tail += etail
     return RunRecord(run_dir, status, cfg, summary, ev, reused, tail)
 
 
-def _arms(grid: Mapping[str, Sequence[Any]] | Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Named arms: {"name": {overrides}} as given, or the product of a {key: [values]} grid."""
+@dataclass
+class Arm:
+    """One arm of a sweep (or one variant of an evaluation): a name, the config overrides it applies,
+    and labels, the values a table groups by. `sweep` and `evaluate_variants` write both the overrides
+    and the labels as columns, so no value is ever read back out of a name."""
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+Arms = Union[Sequence[Arm], Mapping[str, Arm], Mapping[str, Mapping[str, Any]], Mapping[str, Sequence[Any]]]
+
+
+def as_arms(grid: Arms) -> list[Arm]:
+    """Arms as given (a list of Arm, or {name: Arm}), {name: {overrides}}, or the product of a
+    {key: [values]} grid (each arm named `field=value,...`)."""
+    if isinstance(grid, Sequence) and not isinstance(grid, str):
+        return list(grid)
+    if all(isinstance(v, Arm) for v in grid.values()):
+        return list(grid.values())  # type: ignore[arg-type]
     if all(isinstance(v, Mapping) for v in grid.values()):
-        return {str(k): dict(v) for k, v in grid.items()}  # type: ignore[arg-type]
+        return [Arm(str(k), dict(v)) for k, v in grid.items()]  # type: ignore[arg-type]
     keys = list(grid)
-    arms = {}
-    for values in itertools.product(*(grid[k] for k in keys)):
+    arms = []
+    for values in itertools.product(*(grid[k] for k in keys)):  # type: ignore[misc]
         over = dict(zip(keys, values))
-        arms[",".join(f"{k.split('.')[-1]}={v}" for k, v in over.items())] = over
+        arms.append(Arm(",".join(f"{k.split('.')[-1]}={v}" for k, v in over.items()), over))
     return arms
 
 
-def sweep(base: Config, grid: Mapping[str, Any], seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs", *,
+def _pool_map(fn: Any, jobs: list[Any], parallel: int) -> list[Any]:
+    if parallel > 1:
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(fn, jobs))
+    return [fn(j) for j in jobs]
+
+
+def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs", *,
           nproc: int = 1, parallel: int = 1, evaluate: bool = True, force: bool = False,
           quiet: bool = False) -> pd.DataFrame:
-    """Every arm x seed; one row per run. A bad arm (invalid config, crash, divergence) is a row too.
+    """Every arm x seed; one row per run with the arm's name, overrides and labels as columns. A bad arm
+    (invalid config, crash, divergence) is a row too.
 
     `parallel` jobs run at once, the cores split between them (on 2 CPU cores, 2 one-thread jobs
     of the quick model train ~1.25x faster in total than one two-thread job).
     """
     threads = _threads_per_process(nproc, parallel) if parallel > 1 else None
-    jobs = [(arm, over, seed) for arm, over in _arms(grid).items() for seed in seeds]
+    jobs = [(arm, seed) for arm in as_arms(grid) for seed in seeds]
 
-    def one(job: tuple[str, dict[str, Any], int]) -> dict[str, Any]:
-        arm, over, seed = job
-        row: dict[str, Any] = {"arm": arm, "seed": seed, **{k: v for k, v in over.items()}}
+    def one(job: tuple[Arm, int]) -> dict[str, Any]:
+        arm, seed = job
+        row: dict[str, Any] = {"arm": arm.name, "seed": seed, **arm.overrides, **arm.labels}
         try:
-            cfg = base.override({**over, "run.seed": seed, "run.name": _slug(arm)})
+            cfg = base.override({**arm.overrides, "run.seed": seed, "run.name": _slug(arm.name)})
             rec = launch(cfg, runs_dir, nproc=nproc, evaluate=evaluate, force=force, quiet=quiet, threads=threads)
             row.update(rec.row())
             if rec.status not in ("finished", "diverged") and not quiet:
-                print(f"[{arm} seed {seed}] {rec.status}: {rec.log_tail.strip()[-800:]}", flush=True)
+                print(f"[{arm.name} seed {seed}] {rec.status}: {rec.log_tail.strip()[-800:]}", flush=True)
         except ConfigError as e:
             row.update({"status": "invalid_config", "error": str(e)})
             if not quiet:
-                print(f"[{arm} seed {seed}] invalid config: {e}", flush=True)
+                print(f"[{arm.name} seed {seed}] invalid config: {e}", flush=True)
         return row
 
-    if parallel > 1:
-        with ThreadPoolExecutor(parallel) as pool:
-            rows = list(pool.map(one, jobs))
-    else:
-        rows = [one(j) for j in jobs]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(_pool_map(one, jobs, parallel))
+
+
+# The columns a run row gets from its results; every other column (arm, seed, overrides, labels) says
+# what the run is, and evaluate_variants carries it over to the variant rows.
+RESULT_COLUMNS = ("status", "final_val_bpb", "final_train_loss", "steps", "tokens_per_s", "train_time_s",
+                  "diverged_at_step", "reused", "error", "float_bpb", "quant_bpb", "quant_gap", "artifact_bytes",
+                  "sliding_bpb", "ttt_bpb")
+
+
+def evaluate_variants(df: pd.DataFrame, variants: Arms | Callable[[Config], Arms], *, parallel: int = 1,
+                      quiet: bool = False) -> pd.DataFrame:
+    """Evaluate every finished run of a sweep once per variant (quant/eval overrides, or a function of
+    the run's config giving them), each in a subprocess as `launch` does; one row per run and variant
+    with the run's identity columns, the variant's name and labels, and its status. A failing variant
+    is a row with its error; saved evaluations of the same config are reused."""
+    threads = _threads_per_process(1, parallel) if parallel > 1 else None
+    jobs = []
+    for _, r in df.iterrows():
+        if r.get("status") != "finished":
+            continue
+        saved = Config.load(Path(r["run_dir"]) / "config.json")
+        for v in as_arms(variants(saved) if callable(variants) else variants):
+            jobs.append((r, v))
+
+    def one(job: tuple[pd.Series, Arm]) -> dict[str, Any]:
+        r, v = job
+        status, e, tail = run_evaluation(r["run_dir"], v.name, v.overrides, quiet=quiet, threads=threads)
+        row = {k: r[k] for k in r.index if k not in RESULT_COLUMNS}
+        row.update({"variant": v.name, **v.labels, "status": status})
+        if e is not None:
+            row.update({"eval_loops": e.get("eval_loops"), **eval_row(e)})
+        else:
+            row["error"] = tail.strip().splitlines()[-1] if tail.strip() else status
+        return row
+
+    return pd.DataFrame(_pool_map(one, jobs, parallel))
 
 
 def _slug(text: str) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 import sentencepiece as spm
 
 from .bpb import ByteTables, build_byte_tables
-from .config import Config
-from .paths import resolve
+from ..config import Config
+from ..paths import resolve
 from .shards import list_shards, read_shard
 from .tokenizer import TokenizerError, load_tokenizer
 

@@ -22,12 +22,13 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
-from .bpb import audit_split
-from .corpus import (SOURCES, CorpusError, Document, deb_version, extract_deb, fetch_debs, is_val,
-                     select_documents, sha256_file, source_documents, text_dir_documents)
-from .shards import write_shard
-from .tokenizer import SPEC, encode_documents, load_tokenizer, train_tokenizer
+from ...paths import atomic_write
+from ...version import __version__
+from ..bpb import audit_split
+from ..shards import write_shard
+from ..tokenizer import SPEC, encode_documents, load_tokenizer, train_tokenizer
+from .sources import (SOURCES, CorpusError, Document, deb_version, extract_deb, fetch_debs, is_val,
+                      select_documents, sha256_file, source_documents, text_dir_documents)
 
 CORPUS_LOCK = json.loads((Path(__file__).parent / "corpus_lock.json").read_text())
 DOC_SEP = "\x1e"  # record separator between documents in docs/*.txt (never in cleaned text)
@@ -42,12 +43,6 @@ class BuildOptions:
     shard_tokens: int = 10_000_000     # tokens per shard (official: 10^8)
     tokenizer_max_bytes: int = 0       # train the tokenizer on the first N bytes of train (0 = all)
     force: bool = False                # rebuild every stage
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def is_finished(out: Path) -> bool:
@@ -80,7 +75,7 @@ def _debian_documents(out: Path, sources_info: list[dict[str, Any]]) -> Iterator
         if not info["matches_lock"]:
             # Debian replaces package versions over time; the corpus then differs from the published one.
             print(f"warning: {deb.name} is not the locked {src.package} {locked.get('version')} "
-                  f"(recur_lib/corpus_lock.json); the corpus will differ from the README's numbers", flush=True)
+                  f"(recur_lib/data/corpus/corpus_lock.json); the corpus will differ from the README's numbers", flush=True)
         sources_info.append(info)
         yield from source_documents(src, root)
 
@@ -123,7 +118,7 @@ def build_documents(opts: BuildOptions) -> dict[str, Any]:
         info.update(per_source.get(info.get("package", "text"), {}))
     info = {"sources": sources_info, "splits": counts, "filtered": stats, "val_permille": opts.val_permille,
             "split_rule": "val iff int(sha256(doc_id)[:8], 16) % 1000 < val_permille"}
-    _atomic_write_text(info_path, json.dumps(info, indent=2))
+    atomic_write(info_path, json.dumps(info, indent=2))
     return info
 
 
@@ -226,7 +221,7 @@ def build(opts: BuildOptions) -> dict[str, Any]:
         raise CorpusError(f"bpb byte audit failed on val: {report.summary()}; first mismatches "
                           f"(doc, counted, decoded): {report.mismatches[:5]}. The shards are kept for inspection; "
                           "no manifest was written, so this build is not marked finished.")
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .config import Config
+from ..config import Config
 from .runs import load_metrics
 
 
@@ -79,7 +79,7 @@ def lora_norms(run_dir: str, which: str = "BA", ax: Any = None) -> Any:
 
 def schedule(cfg: Config, ax: Any = None) -> Any:
     """The execution schedule as a strip of boxes: one per step, coloured by unique block, loops marked."""
-    from .model.schedule import build_schedule, n_unique_blocks
+    from ..model.schedule import build_schedule, n_unique_blocks
     steps = build_schedule(cfg.schedule)
     ax = ax if ax is not None else plt.subplots(figsize=(max(4, 0.45 * len(steps)), 1.4))[1]
     cmap = plt.get_cmap("tab20")

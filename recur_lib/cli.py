@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, describe_fields
-from .presets import preset_names
+from .presets import preset_names, preset_sources
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -115,9 +115,11 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print(cfg.to_json())
     else:
+        sources = preset_sources(args.preset) if not args.config else {}
         for k, v in cfg.diff().items():
-            print(f"{k} = {v!r}")
+            print(f"{k} = {v!r}" + (f"  # {sources[k]}" if k in sources else ""))
         print(f"# effective layers {cfg.effective_layers}, unique blocks {cfg.unique_blocks}")
+        print("# phases (steps of " + f"{cfg.train.iterations}): " + ", ".join(f"{k} {v}" for k, v in cfg.phases().items()))
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,6 +55,8 @@ class DataConfig(_Group):
     tokenizer: str = _f("tokenizer.model", "SentencePiece model, relative to root unless absolute "
                         "(official: fineweb_1024_bpe.model)")
     val_max_tokens: int = _f(0, "evaluate on the first N val tokens only (0 = the whole split, as scored)", 0)
+    seed_offset: bool = _f(False, "start reading train at a token derived from run.seed (sha256 of the seed mod the "
+                           "train tokens), so seeds also differ in the data they see; off = the official start at 0")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,22 @@ class ModelConfig(_Group):
                                             "projections of shared blocks that get per-loop LoRA")
     use_loop_embedding: bool = _f(False, "add a learned embedding of the loop index to the residual")
     use_loop_scales: bool = _f(False, "per-loop float gains on shared blocks' attn/mlp branches")
+    last_n_unit: Literal["steps", "loops"] = _f(
+        "steps", "what xsa_last_n / ve_last_n count: schedule steps, or passes of the looped core from the end "
+        "(#927: 'last 4 loops' = 16 steps at 4 blocks/loop), always with the steps after the core (coda)")
+    mlp_act: Literal["relu2", "leaky_relu2"] = _f(
+        "relu2", "MLP activation: relu(x)^2 (baseline) or leaky_relu(x, 0.5)^2 (#1096, #1406 lineage)")
+    output_norm: Literal["off", "core", "all"] = _f(
+        "off", "Output-LN (#1096 from #855): RMSNorm on the attn/MLP outputs instead of their inputs, in the "
+        "looped core's blocks (#1096: core) or in all blocks")
+    birkhoff_mix: Literal["off", "core", "all"] = _f(
+        "off", "Birkhoff mixing (#1096 from #855): block input = s*x + (1-s)*x0, s = sigmoid(one learned logit, "
+        "init 0), instead of resid_mix, in the looped core's blocks (#1096: core) or in all blocks")
+    use_step_scales: bool = _f(False, "per-schedule-step (dim,) scales on the attn and MLP branches, clamped "
+                               "to +-step_scale_clamp at use (#1096 timestep scales, #855)")
+    step_scale_clamp: float = _f(4.0, "clamp of the step scales (#1096, #855: 4)", 1e-3, None)
+    rope_dims: int = _f(0, "RoPE on the first N dims of each head, 0 = all (#1406 lineage: 16 of 64)", 0, 4096)
+    ln_scale: bool = _f(False, "multiply the normed attn/MLP inputs of block b by 1/sqrt(b + 1) (#1406 lineage)")
 
 
 @dataclass(frozen=True)
@@ -111,11 +130,21 @@ class TrainConfig(_Group):
     iterations: int = _f(20000, "optimizer steps (upper bound when a wall-clock cap is set)", 1, None)
     batch_tokens: int = _f(524288, "tokens per step over all ranks", 1, None)
     seq_len: int = _f(1024, "training sequence length", 2, 1 << 20)
-    warmup_steps: int = _f(20, "linear lr warmup steps", 0, None)
+    warmup_steps: int = _f(20, "priming steps, as the baseline means them: trained, then weights, optimizer state, "
+                           "loader and RNG are restored (compiles the kernels; changes no number). Not an LR warmup",
+                           0, None)
+    lr_warmup_steps: int = _f(0, "linear LR warmup steps (the baseline has none: its LR multiplier is 1 from step 0)",
+                              0, None)
+    lr_warmup_frac: float = _f(0.0, "LR warmup as a fraction of train.iterations (> 0 overrides lr_warmup_steps)",
+                               0.0, 1.0)
     warmdown_iters: int = _f(1200, "linear warmdown over the last N steps", 0, None)
+    warmdown_frac: float = _f(0.0, "warmdown as a fraction of train.iterations (> 0 overrides warmdown_iters)",
+                              0.0, 1.0)
     max_wallclock_s: float = _f(600.0, "wall-clock cap; warmdown follows it (0 = none)", 0.0, None)
     grad_clip: float = _f(0.0, "global grad-norm clip (0 = off; #927: 0.3)", 0.0, None)
     ema_decay: float = _f(0.0, "EMA of weights, 0 = off (#1406 uses EMA)", 0.0, 1.0)
+    ema_horizon_frac: float = _f(0.0, "EMA horizon 1/(1 - decay) as a fraction of train.iterations (> 0 overrides "
+                                 "ema_decay: 0.997 is a 333-step horizon, more than a 250-step run)", 0.0, 1.0)
     swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927: 0.2)", 0.0, 1.0)
     swa_every: int = _f(50, "SWA snapshot interval in steps (#927: 50)", 1, None)
     val_every: int = _f(0, "validate every N steps (0 = only at the end)", 0, None)
@@ -143,7 +172,15 @@ class OptimConfig(_Group):
     muon_momentum: float = _f(0.95, "Muon momentum after warmup (#927: 0.99)", 0.0, 1.0)
     muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0", 0.0, 1.0)
     muon_momentum_warmup_steps: int = _f(500, "steps to warm Muon momentum up", 0, None)
+    muon_momentum_warmup_frac: float = _f(0.0, "momentum warmup as a fraction of train.iterations (> 0 overrides "
+                                          "muon_momentum_warmup_steps)", 0.0, 1.0)
+    lora_warmup_steps: int = _f(0, "linear warmup of the LoRA factors' lr, on top of the LR schedule (#1096 v7: 2000)",
+                                0, None)
+    lora_warmup_frac: float = _f(0.0, "LoRA warmup as a fraction of train.iterations (> 0 overrides lora_warmup_steps)",
+                                 0.0, 1.0)
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations", 1, 20)
+    muon_row_normalize: bool = _f(False, "MuonEq-R: rows of the block matrices' update scaled to unit norm before "
+                                  "Newton-Schulz (#1217, #1406)")
     muon_scale_rule: Literal["keller", "moonlight", "none"] = _f(
         "keller", "update scale: keller sqrt(max(1,r/c)), moonlight 0.2*sqrt(max(r,c)), none 1")
     weight_decay: float = _f(0.0, "decoupled weight decay on Muon matrices (#927: 0.04)", 0.0, 1.0)
@@ -154,13 +191,20 @@ class OptimConfig(_Group):
 
 @dataclass(frozen=True)
 class QuantConfig(_Group):
-    export_bits: Literal[4, 5, 6, 8, 16] = _f(8, "per-row bits of exported matrices (16 = keep fp16)")
-    qat_bits: Literal[0, 4, 5, 6, 8] = _f(0, "STE fake-quant bits during training, 0 = off (#927: 6)")
+    scheme: Literal["baseline", "rowmax"] = _f(
+        "baseline", "per-row scale rule of QAT and export: the baseline's (clip at the clip_percentile quantile, "
+        "scale floored at 1/qmax, non-matrix tensors per-tensor) or rowmax (scale = row max / qmax, no floor)")
+    export_bits: Literal[3, 4, 5, 6, 8, 16] = _f(8, "per-row bits of exported matrices (16 = keep fp16)")
+    qat_bits: Literal[0, 3, 4, 5, 6, 8] = _f(0, "STE fake-quant bits during training, 0 = off (#927: 6)")
     qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#1406: late)", 0.0, 1.0)
-    clip_percentile: float = _f(100.0, "per-row clip percentile before rounding; 100 = the row's max (fast: QAT "
-                                "runs it in every forward; the baseline exported at 99.99984)", 50.0, 100.0)
+    qat_below_lr_scale: float = _f(0.0, "QAT also switches on once the LR multiplier drops below this "
+                                   "(#1096: 0.5; #1406 lineage: 0.15; 0 = off)", 0.0, 1.0)
+    noisy_qat_bits: Literal[0, 3, 4, 5, 6, 8] = _f(
+        0, "noise of one quantization step at these bits on the shared blocks' weights in training (#1096: 6)")
+    clip_percentile: float = _f(99.99984, "per-row |w| percentile each row is clipped to before rounding "
+                                "(baseline 99.99984; 100 = the row's max)", 50.0, 100.0)
     gptq_lite: bool = _f(False, "per-row clip search for least reconstruction error (#927)")
-    embed_bits: Literal[4, 5, 6, 8, 16] = _f(8, "per-row bits of embedding tables at export (16 = keep fp16)")
+    embed_bits: Literal[3, 4, 5, 6, 8, 16] = _f(8, "per-row bits of embedding tables at export (16 = keep fp16)")
     keep_float_max_numel: int = _f(65536, "tensors with at most this many entries stay float at export "
                                    "(control tensors in fp32, others fp16), as the baseline", 0, None)
     zstd_level: int = _f(22, "zstandard level of the artifact", 1, 22)
@@ -331,6 +375,17 @@ class Config:
         need((m.dim // m.n_heads) % 2 == 0, f"head dim model.dim/model.n_heads = {m.dim // m.n_heads} must be even (RoPE)")
         need(m.n_heads % m.n_kv_heads == 0,
              f"model.n_kv_heads = {m.n_kv_heads} must divide model.n_heads = {m.n_heads}")
+        hd = m.dim // m.n_heads
+        need(m.rope_dims % 2 == 0 and m.rope_dims <= hd,
+             f"model.rope_dims = {m.rope_dims} must be even and <= the head dim model.dim/model.n_heads = {hd} "
+             "(0 = all dims)")
+        has_core = s.kind in ("looped", "hybrid") or (s.kind == "repeat" and bool(s.repeat_layers))
+        for key, val in (("output_norm", m.output_norm), ("birkhoff_mix", m.birkhoff_mix)):
+            need(val != "core" or has_core, f"model.{key} = 'core' needs a schedule with a looped core "
+                 f"(schedule.kind = {s.kind!r} has none): use 'all' or 'off'")
+        need(m.last_n_unit == "steps" or has_core or not (m.xsa_last_n or m.ve_last_n),
+             f"model.last_n_unit = 'loops' needs a schedule with a looped core (schedule.kind = {s.kind!r} has "
+             "none): use 'steps'")
         need(m.loop_lora_form == "matrices" or m.loop_lora_rank <= 1,
              f"model.loop_lora_rank = {m.loop_lora_rank} needs model.loop_lora_form = 'matrices' "
              "(the 'vectors' form is rank 1)")
@@ -378,6 +433,27 @@ class Config:
         return s.n_prelude + s.n_core + s.n_coda
 
     # -- serialisation --
+    def phases(self) -> dict[str, Any]:
+        """The run's step-count constants resolved to steps (a `*_frac` field > 0 wins over its step
+        count), so a short run and a long one can go through the same phases: LR warmup and warmdown,
+        Muon momentum warmup, LoRA warmup, the EMA decay, SWA, late QAT and #1406's repeats."""
+        t, o, n = self.train, self.optim, self.train.iterations
+
+        def steps(frac: float, count: int) -> int:
+            return math.ceil(frac * n) if frac > 0 else count
+        ema = 1.0 - 1.0 / max(self.train.ema_horizon_frac * n, 1.0) if t.ema_horizon_frac > 0 else t.ema_decay
+        return {
+            "priming_steps": t.warmup_steps,
+            "lr_warmup_steps": steps(t.lr_warmup_frac, t.lr_warmup_steps),
+            "warmdown_steps": steps(t.warmdown_frac, t.warmdown_iters),
+            "muon_momentum_warmup_steps": steps(o.muon_momentum_warmup_frac, o.muon_momentum_warmup_steps),
+            "lora_warmup_steps": steps(o.lora_warmup_frac, o.lora_warmup_steps),
+            "ema_decay": ema,
+            "swa_start_step": math.ceil(t.swa_start_frac * n) if t.swa_start_frac > 0 else None,
+            "qat_start_step": math.ceil(self.quant.qat_start_frac * n) if self.quant.qat_bits else None,
+            "repeat_start_step": math.ceil(self.schedule.repeat_start_frac * n),
+        }
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for name in _GROUPS:

@@ -5,13 +5,16 @@ header (format version, the config, one entry per tensor: name, kind, shape, bit
 the raw payload. The whole is one zstandard frame (level quant.zstd_level, 22 by default). Loading
 parses JSON and numpy buffers only: nothing in the file is ever executed.
 
-Per tensor (`tensor_plan`), as the baseline and the seeds do:
-  * 2-D tensors with more than quant.keep_float_max_numel entries: per-row symmetric integers at
-    quant.export_bits (quant.embed_bits for embedding tables), fp16 row scales, codes bit-packed densely
-    (int6: 4 codes in 3 bytes); with quant.gptq_lite, each row's clip is searched for least error.
-  * control tensors (scales, gains, mixes, skip weights, loop scalars, gates): fp32;
-  * everything else: fp16.
-The codes are computed by recur_lib.quant, the same functions QAT uses.
+Per tensor (`tensor_plan`), by quant.scheme (recur_lib/quant.py has both rules):
+  * "baseline", as `train_gpt.py` decides: a tensor of at most quant.keep_float_max_numel entries stays
+    float (fp32 for control tensors: scales, gains, mixes, skip weights, loop scalars, gates; fp16 for
+    the rest); a larger matrix gets per-row integers at quant.export_bits (quant.embed_bits for
+    embedding tables) with fp16 row scales; a larger tensor of another rank gets one fp32 scale.
+  * "rowmax": control tensors fp32 whatever their size; 2-D tensors above the threshold per-row
+    integers; everything else fp16.
+Codes are bit-packed densely (int6: 4 codes in 3 bytes) or one per byte, whichever compresses
+smaller; with quant.gptq_lite each row's clip is searched for least error. The codes are computed by
+recur_lib.quant, the same functions QAT uses.
 
 What counts as "code" (`CODE_FILES`): the recur_lib source files that loading and evaluating an
 artifact imports (tests/test_export.py checks the list against a fresh interpreter). Their raw bytes
@@ -33,7 +36,7 @@ import zstandard
 from .config import Config
 from .model import RecurGPT, build_model
 from .paths import atomic_write
-from .quant import dequantize_rows, qmax, quantize_rows
+from .quant import dequantize_rows, qmax, quantize_rows, quantize_tensor_baseline
 
 MAGIC = b"RGOLF1\n"
 FORMAT_VERSION = 1
@@ -48,7 +51,8 @@ CODE_FILES = (
     "model/schedule.py", "model/tricks.py",
 )
 
-CONTROL = re.compile(r".*(attn_scale|mlp_scale|resid_mix|q_gain|skip_weights|loop_gains|loop_embed|smear\.gate)$")
+CONTROL = re.compile(r".*(attn_scale|mlp_scale|resid_mix|mix_logit|q_gain|skip_weights|loop_gains|loop_embed"
+                     r"|step_scales|smear\.gate)$")
 EMBEDDINGS = re.compile(r"(tok_emb|bigram\.table|value_embed\.table)\.weight")
 GPTQ_LITE_PERCENTILES = (100.0, 99.99, 99.9, 99.5, 99.0)
 
@@ -61,23 +65,28 @@ class ArtifactError(ValueError):
 
 
 def tensor_plan(name: str, t: torch.Tensor, cfg: Config) -> tuple[str, int]:
-    """("int", bits) | ("fp16", 16) | ("fp32", 32) for one tensor."""
+    """("int", bits) per-row | ("int_tensor", bits) one scale | ("fp16", 16) | ("fp32", 32) for one tensor."""
     q = cfg.quant
+    bits = q.embed_bits if EMBEDDINGS.fullmatch(name) else q.export_bits
+    if q.scheme == "baseline":
+        if t.numel() <= q.keep_float_max_numel or bits == 16:
+            return ("fp32", 32) if CONTROL.fullmatch(name) else ("fp16", 16)
+        return ("int", bits) if t.ndim == 2 else ("int_tensor", bits)
     if CONTROL.fullmatch(name):
         return "fp32", 32
     if t.ndim == 2 and t.numel() > q.keep_float_max_numel:
-        bits = q.embed_bits if EMBEDDINGS.fullmatch(name) else q.export_bits
         return ("fp16", 16) if bits == 16 else ("int", bits)
     return "fp16", 16
 
 
 def quantize_tensor(t: torch.Tensor, bits: int, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and fp16 scales: the QAT quantizer at the configured clip, or GPTQ-lite's per-row best."""
+    scheme = cfg.quant.scheme
     if not cfg.quant.gptq_lite:
-        return quantize_rows(t, bits, cfg.quant.clip_percentile)
+        return quantize_rows(t, bits, cfg.quant.clip_percentile, scheme)
     best_q, best_s, best_err = None, None, None
     for pct in GPTQ_LITE_PERCENTILES:
-        q, s = quantize_rows(t, bits, pct)
+        q, s = quantize_rows(t, bits, pct, scheme)
         err = (dequantize_rows(q, s) - t.float()).pow(2).sum(dim=1)
         if best_err is None:
             best_q, best_s, best_err = q, s, err
@@ -96,6 +105,9 @@ def quantized_state_dict(model: torch.nn.Module, cfg: Config) -> dict[str, torch
         kind, bits = tensor_plan(name, t, cfg)
         if kind == "int":
             out[name] = dequantize_rows(*quantize_tensor(t.detach().cpu(), bits, cfg)).to(t.dtype)
+        elif kind == "int_tensor":
+            q, scale = quantize_tensor_baseline(t.detach().cpu(), bits, cfg.quant.clip_percentile)
+            out[name] = (q.float() * scale).to(t.dtype)
         elif kind == "fp16":
             out[name] = t.detach().cpu().half().to(t.dtype)
         else:
@@ -206,12 +218,12 @@ def _frame(state: dict[str, torch.Tensor], cfg: Config, packing: str, plans: dic
     for name, t in state.items():
         kind, bits = plans[name]
         g = groups.setdefault(_group_of(name), GroupReport())
-        if kind == "int":
+        if kind in ("int", "int_tensor"):  # per-row fp16 scales, or the baseline's one fp32 scale
             q, s = quantized[name]
             codes = pack_codes(q.numpy(), bits) if packing == "dense" else q.numpy().astype(np.int8).tobytes()
-            scales = s.numpy().astype("<f2").tobytes()
+            scales = s.numpy().astype("<f2" if kind == "int" else "<f4").tobytes()
             blob = codes + scales
-            entry = {"name": name, "kind": "int", "bits": bits, "packing": packing, "shape": list(t.shape),
+            entry = {"name": name, "kind": kind, "bits": bits, "packing": packing, "shape": list(t.shape),
                      "offset": offset, "codes_bytes": len(codes), "scales_bytes": len(scales)}
             g.entropy_bytes += _entropy_bytes(q.numpy()) + len(scales)
         else:
@@ -241,6 +253,8 @@ def export_artifact(model: torch.nn.Module, cfg: Config, path: str | Path | None
     state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
     plans = {n: tensor_plan(n, t, cfg) for n, t in state.items()}
     quantized = {n: quantize_tensor(state[n], bits, cfg) for n, (kind, bits) in plans.items() if kind == "int"}
+    quantized.update({n: quantize_tensor_baseline(state[n], bits, cfg.quant.clip_percentile)
+                      for n, (kind, bits) in plans.items() if kind == "int_tensor"})
     best = None
     for packing in (("dense", "bytes") if cfg.quant.pack == "auto" else (cfg.quant.pack,)):
         frame, entries, chunks, groups = _frame(state, cfg, packing, plans, quantized)
@@ -290,10 +304,18 @@ def read_artifact(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
                  else np.frombuffer(raw, dtype=np.int8)).reshape(rows, cols)
             s = np.frombuffer(payload[off + e["codes_bytes"]:off + e["codes_bytes"] + e["scales_bytes"]], dtype="<f2")
             state[e["name"]] = dequantize_rows(torch.from_numpy(q.astype(np.int8)), torch.from_numpy(s.copy()))
-        else:
+        elif e["kind"] == "int_tensor":
+            n_codes = math.prod(shape)
+            raw = bytes(payload[off:off + e["codes_bytes"]])
+            q = unpack_codes(raw, e["bits"], n_codes) if e["packing"] == "dense" else np.frombuffer(raw, dtype=np.int8)
+            s = np.frombuffer(payload[off + e["codes_bytes"]:off + e["codes_bytes"] + e["scales_bytes"]], dtype="<f4")
+            state[e["name"]] = torch.from_numpy(q.astype(np.float32).reshape(shape) * s[0])
+        elif e["kind"] in ("fp16", "fp32"):
             dtype = "<f2" if e["kind"] == "fp16" else "<f4"
             arr = np.frombuffer(payload[off:off + e["nbytes"]], dtype=dtype).reshape(shape)
             state[e["name"]] = torch.from_numpy(arr.astype(np.float32))
+        else:
+            raise ArtifactError(f"{path}: tensor {e['name']!r} has an unknown kind {e['kind']!r}")
     return cfg, state
 
 

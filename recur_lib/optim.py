@@ -56,15 +56,24 @@ SCALE_RULES = {
 
 
 class Muon(torch.optim.Optimizer):
+    """Muon: momentum, Newton-Schulz orthogonalisation, a shape scale, decoupled weight decay.
+
+    `row_normalize` is MuonEq-R (parameter-golf #1217, used by #1406): each row of the momentum
+    update is scaled to unit norm before Newton-Schulz, so rows with large gradients do not dominate
+    the orthogonalised direction. Our reading of the PR text ("row-normalize the update before NS");
+    the PRs' code was not checked.
+    """
+
     def __init__(self, params: list[torch.Tensor], lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, scale_rule: str = "keller", weight_decay: float = 0.0) -> None:
+                 ns_steps: int = 5, scale_rule: str = "keller", weight_decay: float = 0.0,
+                 row_normalize: bool = False) -> None:
         if scale_rule not in SCALE_RULES:
             raise ValueError(f"unknown Muon scale rule {scale_rule!r}; choose from {list(SCALE_RULES)}")
         for p in params:
             if p.ndim != 2:
                 raise ValueError(f"Muon trains 2-D matrices only, got a tensor of shape {tuple(p.shape)}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                                      scale_rule=scale_rule, weight_decay=weight_decay))
+                                      scale_rule=scale_rule, weight_decay=weight_decay, row_normalize=row_normalize))
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -82,6 +91,8 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(group["momentum"]).add_(p.grad)
                 if i % world == rank:
                     g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                    if group.get("row_normalize"):
+                        g = g / (g.norm(dim=1, keepdim=True) + 1e-7)
                     g = newton_schulz(g, group["ns_steps"]) * scale_fn(*p.shape)
                     flat[offset:offset + p.numel()] = g.flatten()
                 offset += p.numel()
@@ -113,8 +124,8 @@ ROUTES: tuple[Route, ...] = (
     Route(r"tok_emb\.weight", "embed", "token embedding (tied head): Adam"),
     Route(r"(bigram|value_embed)\.table\.weight", "embed", "lookup tables: Adam"),
     Route(r"lm_head\.weight", "head", "untied head: Adam"),
-    Route(r"blocks\.\d+\.(attn_scale|mlp_scale|resid_mix|attn\.q_gain)", "scalars", "control tensors: Adam"),
-    Route(r"skip_weights|loop_gains|loop_embed|smear\.gate", "scalars", "control tensors: Adam"),
+    Route(r"blocks\.\d+\.(attn_scale|mlp_scale|resid_mix|mix_logit|attn\.q_gain)", "scalars", "control tensors: Adam"),
+    Route(r"skip_weights|loop_gains|loop_embed|step_scales|smear\.gate", "scalars", "control tensors: Adam"),
 )
 
 
@@ -156,17 +167,19 @@ class Optimizers:
             params = [p for _, p in named]
             if kind == "muon":
                 opt: torch.optim.Optimizer = Muon(params, lr=lr, momentum=o.muon_momentum, ns_steps=o.muon_ns_steps,
-                                                  scale_rule=rule, weight_decay=wd)
+                                                  scale_rule=rule, weight_decay=wd,
+                                                  row_normalize=o.muon_row_normalize and g == "matrices")
             else:
                 opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **adam)
             for pg in opt.param_groups:
                 pg["base_lr"] = lr
             self.optimizers[g] = opt
 
-    def set_lr_scale(self, scale: float) -> None:
-        for opt in self.optimizers.values():
+    def set_lr_scale(self, scale: float, lora_scale: float = 1.0) -> None:
+        """Every group's lr = its base lr x scale (the LR schedule); LoRA groups also x lora_scale."""
+        for g, opt in self.optimizers.items():
             for pg in opt.param_groups:
-                pg["lr"] = pg["base_lr"] * scale
+                pg["lr"] = pg["base_lr"] * scale * (lora_scale if g in ("lora", "lora_vectors") else 1.0)
 
     def set_muon_momentum(self, momentum: float) -> None:
         for opt in self.optimizers.values():

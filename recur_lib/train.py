@@ -13,6 +13,7 @@ A resumed run reproduces the uninterrupted run's losses bitwise on CPU.
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -33,7 +34,7 @@ from .data.loader import DistributedTokenLoader, load_tokens, trim_for_eval
 from .evaluate import eval_bpb
 from .model import RecurGPT, build_model
 from .optim import Optimizers
-from .quant import set_qat
+from .quant import set_qat, set_quant_noise
 from .rundir import RunFolder, git_commit, prepare_run_dir, run_dir_for
 from .version import __version__
 
@@ -59,38 +60,54 @@ class RunResult:
 
 
 def lr_scale(step: int, elapsed_s: float, cfg: Config) -> float:
-    """1) linear warmup, 2) constant, 3) linear warmdown over the last warmdown_iters steps, or,
-    with a wall-clock cap, over the time those steps take at the current pace (as the baseline)."""
-    t = cfg.train
-    warm = (step + 1) / t.warmup_steps if step < t.warmup_steps else 1.0
-    if t.warmdown_iters == 0:
+    """1) linear warmup (none in the baseline), 2) constant, 3) linear warmdown over the last warmdown
+    steps, or, with a wall-clock cap, over the time those steps take at the current pace (as the baseline)."""
+    t, ph = cfg.train, cfg.phases()
+    warmup, warmdown = ph["lr_warmup_steps"], ph["warmdown_steps"]
+    warm = (step + 1) / warmup if step < warmup else 1.0
+    if warmdown == 0:
         return warm
     if t.max_wallclock_s > 0 and step > 0:
-        warmdown_s = t.warmdown_iters * elapsed_s / step
+        warmdown_s = warmdown * elapsed_s / step
         remaining = max(t.max_wallclock_s - elapsed_s, 0.0)
         down = remaining / warmdown_s if remaining <= warmdown_s else 1.0
     else:
-        start = t.iterations - t.warmdown_iters
-        down = (t.iterations - step) / t.warmdown_iters if step >= start else 1.0
+        start = t.iterations - warmdown
+        down = (t.iterations - step) / warmdown if step >= start else 1.0
     return min(warm, down)
 
 
 def muon_momentum(step: int, cfg: Config) -> float:
-    o = cfg.optim
-    if o.muon_momentum_warmup_steps == 0:
+    o, warmup = cfg.optim, cfg.phases()["muon_momentum_warmup_steps"]
+    if warmup == 0:
         return o.muon_momentum
-    frac = min(step / o.muon_momentum_warmup_steps, 1.0)
+    frac = min(step / warmup, 1.0)
     return (1 - frac) * o.muon_momentum_warmup_start + frac * o.muon_momentum
+
+
+def qat_on(step: int, lr_multiplier: float, cfg: Config) -> bool:
+    """STE QAT from quant.qat_start_frac of the run (#927: from step 0; #1406: late), or once the LR
+    multiplier drops below quant.qat_below_lr_scale (#1096: 0.5, in warmdown)."""
+    q = cfg.quant
+    if not q.qat_bits:
+        return False
+    return step >= cfg.phases()["qat_start_step"] or lr_multiplier < q.qat_below_lr_scale
+
+
+def lora_lr_scale(step: int, cfg: Config) -> float:
+    """The LoRA factors' extra LR multiplier: a linear warmup (#1096's v7 survived with one)."""
+    warmup = cfg.phases()["lora_warmup_steps"]
+    return (step + 1) / warmup if step < warmup else 1.0
 
 
 class WeightAverager:
     """EMA (decay per step) and SWA (uniform average of snapshots every k steps from a start step)."""
 
     def __init__(self, model: torch.nn.Module, cfg: Config) -> None:
-        t = cfg.train
-        self.decay = t.ema_decay
-        self.swa_start = math.ceil(t.swa_start_frac * t.iterations) if t.swa_start_frac > 0 else None
-        self.swa_every = t.swa_every
+        ph = cfg.phases()
+        self.decay = ph["ema_decay"]
+        self.swa_start = ph["swa_start_step"]
+        self.swa_every = cfg.train.swa_every
         params = dict(model.named_parameters())
         self.ema = {n: p.detach().float().clone() for n, p in params.items()} if self.decay else None
         self.swa: dict[str, torch.Tensor] | None = None
@@ -238,20 +255,23 @@ def _train(cfg: Config, rt: device.Runtime, run: RunFolder, resume: bool, stop_a
 def _setup(cfg: Config, rt: device.Runtime, run: RunFolder) -> Job:
     """Data, model, optimizers and weight averages, in the order that fixes the random streams."""
     data = open_data(cfg)
-    loader = DistributedTokenLoader(data.train_files, rt.rank, rt.world_size, cfg.model.vocab_size)
+    loader = DistributedTokenLoader(data.train_files, rt.rank, rt.world_size, cfg.model.vocab_size,
+                                    seed=cfg.run.seed if cfg.data.seed_offset else None)
     val_tokens = trim_for_eval(load_tokens(data.val_files, cfg.model.vocab_size, cfg.data.val_max_tokens), cfg.eval.seq_len)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg).to(rt.device)
+    if cfg.quant.noisy_qat_bits:  # #1096: the shared blocks only, the whole run
+        for b in model.max_loop:
+            set_quant_noise(model.blocks[b], cfg.quant.noisy_qat_bits, cfg.quant.clip_percentile, cfg.quant.scheme)
     opt = Optimizers(model, cfg)
     averager = WeightAverager(model, cfg)
     # Before #1406-style repeats switch on, the second pass's per-loop parameters get no gradient.
     unused = cfg.schedule.kind == "repeat" and cfg.schedule.repeat_start_frac > 0
     ddp = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=unused)
            if rt.distributed else model)
-    t = cfg.train
+    ph = cfg.phases()
     return Job(cfg, rt, run, model, ddp, device.maybe_compile(ddp, cfg.run), opt, averager, loader, val_tokens,
-               data.tables, repeat_start=math.ceil(cfg.schedule.repeat_start_frac * t.iterations),
-               qat_start=math.ceil(cfg.quant.qat_start_frac * t.iterations) if cfg.quant.qat_bits else None)
+               data.tables, repeat_start=ph["repeat_start_step"], qat_start=ph["qat_start_step"])
 
 
 def _start(job: Job) -> TrainState:
@@ -261,12 +281,35 @@ def _start(job: Job) -> TrainState:
     run.log(f"recur_lib {__version__}, torch {torch.__version__}, {rt.device} x {rt.world_size}, {rt.dtype}")
     run.log(job.model.describe())
     run.log(job.opt.table())
+    run.log("phases    " + ", ".join(f"{k} {v}" for k, v in job.cfg.phases().items()))
+    if job.cfg.train.warmup_steps:
+        _prime(job)
     if job.cfg.train.val_every:  # the starting point of the val curve
         job.model.repeats_on = job.repeat_start == 0
         v0 = _validate(job)
         run.append_metrics({"step": 0, "time": 0.0, "tokens": 0, **v0})
         run.log(f"step 0 val_bpb {v0['val_bpb']:.4f}")
     return TrainState()
+
+
+def _prime(job: Job) -> None:
+    """The baseline's warmup: train.warmup_steps real steps that compile and warm every kernel the run
+    will use, then weights, optimizer and averager state, the loader position and the RNG go back to
+    where they were, so the run computes exactly what it would have without them (tested). Their time
+    does not count as training time."""
+    saved = copy.deepcopy({"model": job.model.state_dict(), "optim": job.opt.state_dict(),
+                           "averager": job.averager.state_dict(), "loader": job.loader.state_dict()})
+    rng = device.rng_state(job.rt)
+    scratch = TrainState()
+    for _ in range(job.cfg.train.warmup_steps):
+        _step(job, scratch)
+    job.model.load_state_dict(saved["model"])
+    job.opt.load_state_dict(saved["optim"])
+    job.averager.load_state_dict(saved["averager"])
+    job.loader.load_state_dict(saved["loader"])
+    device.set_rng_state(rng, job.rt)
+    job.opt.zero_grad()
+    job.run.log(f"primed {job.cfg.train.warmup_steps} steps ({scratch.elapsed:.1f} s), then restored the initial state")
 
 
 def _restore(job: Job) -> TrainState:
@@ -291,10 +334,11 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     cfg, rt, model, opt = job.cfg, job.rt, job.model, job.opt
     t = cfg.train
     model.repeats_on = state.step >= job.repeat_start
-    if job.qat_start is not None:
-        set_qat(model, cfg.quant.qat_bits if state.step >= job.qat_start else 0, cfg.quant.clip_percentile)
     scale = lr_scale(state.step, state.elapsed, cfg)
-    opt.set_lr_scale(scale)
+    if job.qat_start is not None:
+        on = qat_on(state.step, scale, cfg)
+        set_qat(model, cfg.quant.qat_bits if on else 0, cfg.quant.clip_percentile, cfg.quant.scheme)
+    opt.set_lr_scale(scale, lora_scale=lora_lr_scale(state.step, cfg))
     opt.set_muon_momentum(muon_momentum(state.step, cfg))
     log_step = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.iterations
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_overrides_parse_strings_by_field_type() -> None:
     ({"model.dim": "wide"}, r"model\.dim = 'wide': must be an integer"),
     ({"model.use_smear_gate": "maybe"}, r"model\.use_smear_gate = 'maybe': must be true or false"),
     ({"schedule.kind": "loopd"}, r"schedule\.kind = 'loopd': must be one of \['flat', 'looped', 'hybrid', 'repeat'\]"),
-    ({"quant.export_bits": 7}, r"quant\.export_bits = 7: must be one of \[4, 5, 6, 8, 16\]"),
+    ({"quant.export_bits": 7}, r"quant\.export_bits = 7: must be one of \[3, 4, 5, 6, 8, 16\]"),
     ({"optim.beta2": 1.5}, r"optim\.beta2 = 1\.5: out of range, allowed \[0\.0, 1\.0\]"),
     ({"optim.matrix_lr": float("nan")}, r"optim\.matrix_lr = nan: must be finite"),
     ({"model.n_kv_heads": 3}, r"model\.n_kv_heads = 3 must divide model\.n_heads = 8"),
@@ -123,3 +124,27 @@ def test_readme_seeds_table_is_the_seeds_list() -> None:
     rows = [ln for ln in readme.splitlines() if ln.startswith("| [#")]
     assert rows == [f"| [#{s.pr}]({s.url}) | {s.claim} | `{s.preset}` |" for s in SEEDS]
     assert all(s.preset in PRESETS for s in SEEDS)
+
+
+def test_scaled_seeds_keep_the_seeds_phases_as_fractions_of_its_run() -> None:
+    """seed-1096 warms Muon momentum 0.92 -> 0.99 over 1,500 of its 4,769 steps; seed-1096-cpu does so over
+    the same share of its 250 steps, and the baseline step constants the scaling assumes are config's."""
+    from recur_lib.presets import BASELINE_STEP_CONSTANTS, SEEDS
+    full, cpu = Config.from_name("seed-1096"), Config.from_name("seed-1096-cpu")
+    run = next(s.run_steps.value for s in SEEDS if s.preset == "seed-1096")
+    assert run == 4769
+    assert cpu.phases()["muon_momentum_warmup_steps"] == math.ceil(1500 / 4769 * cpu.train.iterations)
+    assert cpu.optim.muon_momentum == full.optim.muon_momentum == 0.99
+    assert cpu.phases()["ema_decay"] == pytest.approx(1 - 1 / ((1 / (1 - 0.997)) / 4769 * 250), rel=1e-9)
+    defaults = Config()
+    assert {k: getattr(getattr(defaults, k.split(".")[0]), k.split(".")[1]) for k in BASELINE_STEP_CONSTANTS} \
+        == BASELINE_STEP_CONSTANTS
+
+
+def test_every_seed_value_has_a_source() -> None:
+    from recur_lib.presets import PRESETS, SEEDS, preset_sources
+    for seed in SEEDS:
+        sources = preset_sources(seed.preset)
+        assert set(sources) == set(PRESETS[seed.preset][1]), seed.preset
+        assert set(sources.values()) <= {"PR code", "PR text", "assumed"}
+    assert preset_sources("quick") == {} and preset_sources("seed-341-cpu") == preset_sources("seed-341")

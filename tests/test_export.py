@@ -13,7 +13,8 @@ import torch
 
 from recur_lib import Config, build_model
 from recur_lib.export import (CODE_FILES, ArtifactError, code_bytes, export_artifact, load_artifact, pack_codes,
-                              packed_size, quantized_state_dict, read_artifact, tensor_plan, unpack_codes)
+                              packed_size, quantize_tensor, quantized_state_dict, read_artifact, tensor_plan,
+                              unpack_codes)
 from recur_lib.quant import qmax
 
 FAMILIES = {
@@ -37,7 +38,7 @@ def trained_like(cfg: Config, seed: int = 0) -> torch.nn.Module:
     return m.eval()
 
 
-@pytest.mark.parametrize("bits", [4, 5, 6, 8])
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 8])
 def test_pack_unpack_is_exact_and_dense(bits: int) -> None:
     rng = np.random.default_rng(bits)
     q = rng.integers(-qmax(bits), qmax(bits) + 1, size=1001).astype(np.int8)
@@ -46,12 +47,8 @@ def test_pack_unpack_is_exact_and_dense(bits: int) -> None:
     assert np.array_equal(unpack_codes(buf, bits, 1001), q)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("bits", [4, 5, 6, 8])
-@pytest.mark.parametrize("pack", ["auto", "dense", "bytes"])
-def test_round_trip_equals_the_in_memory_quantizer(tmp_path: Path, family: str, bits: int, pack: str) -> None:
-    cfg = Config.from_name("smoke", {**FAMILIES[family], "quant.export_bits": bits, "quant.embed_bits": bits,
-                                     "quant.pack": pack})
+def assert_round_trip(cfg: Config, tmp_path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Export a trained-like model and load it back: its logits equal the in-memory quantizer's, bitwise."""
     m = trained_like(cfg)
     export_artifact(m, cfg, tmp_path / "a.rgolf")
     loaded = load_artifact(tmp_path / "a.rgolf")
@@ -59,9 +56,30 @@ def test_round_trip_equals_the_in_memory_quantizer(tmp_path: Path, family: str, 
     ref.load_state_dict(quantized_state_dict(m, cfg))
     x = torch.randint(0, 1024, (2, 32))
     assert torch.equal(loaded(x), ref(x))
+    return m, loaded
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("bits", [4, 5, 6, 8])
+@pytest.mark.parametrize("pack", ["auto", "dense", "bytes"])
+def test_round_trip_equals_the_in_memory_quantizer(tmp_path: Path, family: str, bits: int, pack: str) -> None:
+    cfg = Config.from_name("smoke", {**FAMILIES[family], "quant.export_bits": bits, "quant.embed_bits": bits,
+                                     "quant.pack": pack})
+    m, loaded = assert_round_trip(cfg, tmp_path)
     assert loaded.cfg == cfg
     kinds = {tensor_plan(n, t, cfg)[0] for n, t in m.state_dict().items()}
     assert {"int", "fp32"} <= kinds and (family != "hybrid" or "fp16" in kinds)
+
+
+@pytest.mark.parametrize("scheme", ["baseline", "rowmax"])
+@pytest.mark.parametrize("bits", [3, 8])
+def test_round_trip_of_each_scheme_including_per_tensor_codes(tmp_path: Path, scheme: str, bits: int) -> None:
+    """keep_float_max_numel 0: under the baseline's rule every vector gets per-tensor codes (int_tensor)."""
+    cfg = Config.from_name("smoke", {"quant.scheme": scheme, "quant.export_bits": bits, "quant.embed_bits": bits,
+                                     "quant.keep_float_max_numel": 0})
+    m, _ = assert_round_trip(cfg, tmp_path)
+    kinds = {tensor_plan(n, t, cfg)[0] for n, t in m.state_dict().items()}
+    assert kinds == ({"int", "int_tensor"} if scheme == "baseline" else {"int", "fp32"})
 
 
 def test_gptq_lite_never_increases_reconstruction_error(tmp_path: Path) -> None:
@@ -141,10 +159,19 @@ def test_code_files_are_exactly_what_loading_and_evaluating_imports(tmp_path: Pa
 
 
 def test_auto_packing_keeps_the_smaller_layout(tmp_path: Path) -> None:
+    """quant.pack = auto writes whichever layout compresses smaller. Both candidates are framed with the
+    same config here (the header stores the config, and at zstd-22 a one-character change in it can
+    move the compressed size by tens of bytes), so the comparison is exact."""
+    import zstandard
+
+    from recur_lib.export import _frame
     cfg = Config.from_name("smoke", {"quant.export_bits": 6})
     m = trained_like(cfg)
-    sizes = {p: export_artifact(m, cfg.override({"quant.pack": p}), tmp_path / f"{p}.rgolf").model_bytes
-             for p in ("auto", "dense", "bytes")}
-    # the header stores the config, whose quant.pack string differs by a few bytes between the three
-    assert abs(sizes["auto"] - min(sizes["dense"], sizes["bytes"])) <= 8
+    auto = export_artifact(m, cfg, tmp_path / "auto.rgolf").model_bytes
+    state = {n: t.detach().cpu() for n, t in m.state_dict().items()}
+    plans = {n: tensor_plan(n, t, cfg) for n, t in state.items()}
+    quantized = {n: quantize_tensor(state[n], b, cfg) for n, (k, b) in plans.items() if k == "int"}
+    zc = zstandard.ZstdCompressor(level=cfg.quant.zstd_level)
+    sizes = {p: len(zc.compress(_frame(state, cfg, p, plans, quantized)[0])) for p in ("dense", "bytes")}
+    assert auto == min(sizes.values())
     assert abs(sizes["dense"] - sizes["bytes"]) > 8  # so the choice above was a real one

@@ -88,3 +88,19 @@ def test_lr_scale_and_momentum_setters() -> None:
     assert opt.optimizers["matrices"].param_groups[0]["lr"] == pytest.approx(0.02)
     assert opt.optimizers["embed"].param_groups[0]["lr"] == pytest.approx(0.025)
     assert opt.optimizers["matrices"].param_groups[0]["momentum"] == 0.9
+
+
+def test_muoneq_r_row_normalisation_makes_the_update_blind_to_row_scales() -> None:
+    """MuonEq-R: gradients that differ only by a per-row scale give the same update; plain Muon does not."""
+    torch.manual_seed(0)
+    g = torch.randn(16, 8)
+    scaled = g * torch.logspace(-2, 2, 16)[:, None]
+
+    def update(grad: torch.Tensor, row_normalize: bool) -> torch.Tensor:
+        p = torch.nn.Parameter(torch.zeros(16, 8))
+        p.grad = grad.clone()
+        Muon([p], lr=1.0, momentum=0.0, row_normalize=row_normalize).step()
+        return -p.detach()
+
+    assert torch.allclose(update(g, True), update(scaled, True), atol=1e-2)
+    assert not torch.allclose(update(g, False), update(scaled, False), atol=1e-2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recur_lib import Config
+from recur_lib import Config, build_model
 from recur_lib.data.loader import DistributedTokenLoader
 from recur_lib.data.shards import ShardError
 from recur_lib.data.tokenizer import TokenizerError
@@ -22,11 +22,12 @@ from recur_lib.train import WeightAverager, lr_scale, muon_momentum, train
 from conftest import TINY_VOCAB
 
 # A run that touches every piece of state: a shared core with per-loop LoRA on Muon, EMA and SWA,
-# late QAT, grad clipping, and a learning rate with warmup and warmdown.
+# late QAT, noisy QAT on the shared block (random draws), grad clipping, and a learning rate with warmup
+# and warmdown.
 RICH = {"model.loop_lora_rank": 2, "model.loop_lora_form": "matrices", "optim.lora_optimizer": "muon",
         "model.use_loop_scales": True, "train.ema_decay": 0.9, "train.swa_start_frac": 0.5, "train.swa_every": 2,
-        "quant.qat_bits": 6, "quant.qat_start_frac": 0.5, "train.grad_clip": 1.0, "train.warmup_steps": 2,
-        "train.warmdown_iters": 4, "train.log_every": 3}
+        "quant.qat_bits": 6, "quant.qat_start_frac": 0.5, "train.grad_clip": 1.0, "train.lr_warmup_steps": 2,
+        "train.warmdown_iters": 4, "train.log_every": 3, "quant.noisy_qat_bits": 6}
 
 
 def cfg_for(data: Path, runs: Path, name: str, iterations: int = 8, **over) -> Config:
@@ -177,7 +178,7 @@ def test_bad_data_is_explained(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def test_lr_schedule_and_momentum_warmup() -> None:
-    c = Config.from_name("smoke", {"train.iterations": 100, "train.warmup_steps": 10, "train.warmdown_iters": 20})
+    c = Config.from_name("smoke", {"train.iterations": 100, "train.lr_warmup_steps": 10, "train.warmdown_iters": 20})
     assert [lr_scale(s, 0.0, c) for s in (0, 4, 9, 50)] == [0.1, 0.5, 1.0, 1.0]
     assert lr_scale(80, 0.0, c) == 1.0 and lr_scale(90, 0.0, c) == pytest.approx(0.5)
     w = c.override({"train.max_wallclock_s": 100.0})
@@ -211,6 +212,13 @@ def _two_process_env() -> dict[str, str]:
     return env
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_give_the_one_process_loss_curve(tiny_data: Path, tmp_path: Path) -> None:
     """2 ranks x 1 micro-batch and 1 rank x 2 micro-batches read the same tokens in the official
     span layout (rank r / micro-step r gets span[r*(L+1):(r+1)*(L+1)]), so their curves must agree up
@@ -219,7 +227,7 @@ def test_two_processes_give_the_one_process_loss_curve(tiny_data: Path, tmp_path
             "model.loop_lora_form": "matrices", "optim.lora_optimizer": "muon"}
     cfg = cfg_for(tiny_data, tmp_path, "ddp", **over)
     cfg.save(tmp_path / "cfg.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "recur_lib.cli", "train", "--config", str(tmp_path / "cfg.json")]
     res = subprocess.run(cmd, env=_two_process_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -248,3 +256,46 @@ def test_cli_reuse_reports_finished_and_resumes_unfinished(tiny_data: Path, tmp_
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["steps"] == 4
     assert main(["train", "--config", str(tmp_path / "c.json"), "--reuse"]) == 0
     assert "reusing the finished run" in capsys.readouterr().out
+
+
+def test_priming_steps_change_no_number(tiny_data: Path, tmp_path: Path) -> None:
+    """train.warmup_steps as the baseline means it: N primed steps, then everything restored. The run
+    with 3 priming steps and the run with none have identical losses and bitwise identical weights."""
+    plain = train(cfg_for(tiny_data, tmp_path, "plain", iterations=5, **RICH))
+    primed = train(cfg_for(tiny_data, tmp_path, "primed", iterations=5, **RICH, **{"train.warmup_steps": 3}))
+    assert losses(primed.run_dir) == losses(plain.run_dir)
+    a = torch.load(plain.run_dir / "model.pt", weights_only=True)
+    b = torch.load(primed.run_dir / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "primed 3 steps" in (primed.run_dir / "train.log").read_text()
+    assert lr_scale(0, 0.0, cfg_for(tiny_data, tmp_path, "x", **{"train.warmup_steps": 20})) == 1.0  # no LR warmup
+
+
+def test_phases_as_fractions_of_the_run() -> None:
+    """A *_frac field resolves against train.iterations, so a 250-step run and a 5,000-step run go
+    through the same phases; step counts stay as given when no fraction is set."""
+    c = Config.from_name("smoke", {"train.iterations": 250, "train.lr_warmup_frac": 0.04, "train.warmdown_frac": 0.3,
+                                   "optim.muon_momentum_warmup_frac": 0.3, "train.ema_horizon_frac": 0.1,
+                                   "optim.lora_warmup_frac": 0.4, "train.swa_start_frac": 0.6,
+                                   "quant.qat_bits": 6, "quant.qat_start_frac": 0.85})
+    ph = c.phases()
+    assert (ph["lr_warmup_steps"], ph["warmdown_steps"], ph["muon_momentum_warmup_steps"], ph["lora_warmup_steps"]) \
+        == (10, 75, 75, 100)
+    assert ph["ema_decay"] == pytest.approx(1 - 1 / 25) and ph["swa_start_step"] == 150 and ph["qat_start_step"] == 213
+    assert muon_momentum(75, c) == pytest.approx(c.optim.muon_momentum) and muon_momentum(0, c) == 0.85
+    assert lr_scale(9, 0.0, c) == 1.0 and lr_scale(4, 0.0, c) == pytest.approx(0.5)
+    steps = Config.from_name("smoke", {"train.iterations": 250})
+    assert steps.phases()["muon_momentum_warmup_steps"] == 500 and steps.phases()["ema_decay"] == 0.0
+
+
+def test_lora_warmup_scales_only_the_lora_groups() -> None:
+    from recur_lib.optim import Optimizers
+    from recur_lib.train import lora_lr_scale
+    cfg = Config.from_name("smoke", {"model.loop_lora_rank": 2, "model.loop_lora_form": "matrices",
+                                     "optim.lora_warmup_steps": 4})
+    opt = Optimizers(build_model(cfg), cfg)
+    opt.set_lr_scale(0.5, lora_scale=lora_lr_scale(0, cfg))
+    lrs = {g: o.param_groups[0]["lr"] for g, o in opt.optimizers.items()}
+    assert lrs["lora"] == pytest.approx(cfg.optim.lora_lr * 0.5 * 0.25)
+    assert lrs["matrices"] == pytest.approx(cfg.optim.matrix_lr * 0.5)
+    assert lora_lr_scale(3, cfg) == 1.0 and lora_lr_scale(10, cfg) == 1.0

@@ -4,11 +4,16 @@
 one contiguous span, crossing shard boundaries. `DistributedTokenLoader.next_batch` takes one span of
 `global_tokens + world_size` tokens per step; rank r keeps `span[r*(L+1):(r+1)*(L+1)]` (L = tokens per
 rank), inputs are its first L tokens and targets its last L. Every rank reads the same span, so ranks
-never overlap and a step sees each token once. The state (shard, position) is a small dict that
-checkpoints save and `load_state_dict` restores exactly.
+never overlap and a step sees each token once. The state (shard, position, start) is a small dict
+that checkpoints save and `load_state_dict` restores exactly.
+
+By default every run starts at token 0, as the official trainer does. With `seed=` (data.seed_offset)
+the stream starts at `seed_start(seed, train tokens)`, a hash of the seed modulo the split's length, and
+wraps around from there; the per-step span and the ranks' slices of it are unchanged.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,6 +60,15 @@ class TokenStream:
             self.pos += k
         return out
 
+    def seek(self, position: int) -> None:
+        """Continue from token `position` of the concatenated shards (modulo their length)."""
+        position %= sum(self.counts)
+        self.shard = 0
+        while position >= self.counts[self.shard]:
+            position -= self.counts[self.shard]
+            self.shard += 1
+        self.pos = position
+
     def state_dict(self) -> dict[str, Any]:
         return {"shard": self.shard, "pos": self.pos, "files": [f.name for f in self.files]}
 
@@ -69,15 +83,24 @@ class TokenStream:
         self.shard, self.pos = int(state["shard"]), int(state["pos"])
 
 
+def seed_start(seed: int, total_tokens: int) -> int:
+    """The token a run with data.seed_offset starts at: sha256 of its seed, modulo the split's length."""
+    return int(hashlib.sha256(f"recur data.seed_offset {seed}".encode()).hexdigest()[:16], 16) % total_tokens
+
+
 class DistributedTokenLoader:
-    """Per-rank (x, y) batches; all ranks advance the same stream by the same span each step."""
+    """Per-rank (x, y) batches; all ranks advance the same stream by the same span each step.
+
+    seed: None (official) starts at token 0; an int starts every rank at `seed_start(seed, tokens)`."""
 
     def __init__(self, files: Sequence[str | Path], rank: int = 0, world_size: int = 1,
-                 vocab_size: int | None = None) -> None:
+                 vocab_size: int | None = None, seed: int | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.rank, self.world_size = rank, world_size
         self.stream = TokenStream(files, vocab_size)
+        self.start = 0 if seed is None else seed_start(seed, sum(self.stream.counts))
+        self.stream.seek(self.start)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y of shape (local_tokens // seq_len, seq_len), int64, on CPU."""
@@ -91,9 +114,12 @@ class DistributedTokenLoader:
         return mine[:-1].view(-1, seq_len), mine[1:].view(-1, seq_len)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
+        return {**self.stream.state_dict(), "start": self.start}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("start", 0) != self.start:  # checkpoints before data.seed_offset started at 0
+            raise ShardError(f"cannot resume the token stream: the checkpoint's run started at token "
+                             f"{state.get('start', 0)}, this one at {self.start} (data.seed_offset or run.seed differ)")
         self.stream.load_state_dict(state)
 
 

@@ -65,7 +65,7 @@ def loop_arms(loops: list[int], base: Config, fixed_compute: bool) -> dict[str, 
             iters = max(1, round(base.train.iterations * ref / (2 + 2 * L)))
             warmdown = min(base.train.warmdown_iters, iters)
             arms.append(Arm(f"compute-L{L}", {**shape, "train.iterations": iters, "train.warmdown_iters": warmdown,
-                                              "train.warmup_steps": min(base.train.warmup_steps, iters)},
+                                              "train.lr_warmup_steps": min(base.train.lr_warmup_steps, iters)},
                             {"mode": "compute", "loops": L}))
     return {a.name: a for a in arms}
 

@@ -7,6 +7,10 @@ with the input embedding x0). Output projections start at zero, so each block st
 
 A block's forward takes an optional `StepExtras` so that one shared block can run differently per
 loop (LoRA deltas, loop gains, XSA, value embedding) without any branching on the block itself.
+
+Per-block options (all off by default, and then the forward is the baseline's op for op): partial RoPE
+(`rope_dims`), the LeakyReLU(0.5)^2 MLP (`mlp_act`), Output-LN (`output_norm`), Birkhoff mixing
+(`birkhoff`) and LN scale (`ln_scale`); each is a documented unit in tricks.py or here.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..quant import QLinear
-from .tricks import exclusive_self_attention
+from .tricks import birkhoff_mix, exclusive_self_attention, leaky_relu2, output_norm
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -25,11 +29,20 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """RoPE tables, computed for the longest length seen so far and cached (not saved)."""
+    """RoPE tables, computed for the longest length seen so far and cached (not saved).
 
-    def __init__(self, head_dim: int, base: float) -> None:
+    Partial RoPE (rope_dims < head_dim, 0 = all): the tables cover only the first rope_dims dims of
+    each head, with frequencies base^(-2i / rope_dims), and `apply_rotary` leaves the other dims as they
+    are, so they carry position-free content. Source: the parameter-golf #1406 records lineage
+    (ROPE_DIMS=16 of head dim 64; the same code in #1096). Differences: no NTK rescaling of the base for
+    sequences longer than training (the lineage's Rotary has one). Warnings: rope_dims must be even;
+    the fewer rotated dims, the lower the positional resolution of q.k.
+    """
+
+    def __init__(self, head_dim: int, base: float, rope_dims: int = 0) -> None:
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        rd = rope_dims or head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float32) / rd))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
 
@@ -45,6 +58,10 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2 * cos.size(-1) dims of x (all of them unless partial RoPE); the rest pass."""
+    rd = 2 * cos.size(-1)
+    if rd < x.size(-1):
+        return torch.cat((apply_rotary(x[..., :rd], cos, sin), x[..., rd:]), dim=-1)
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -55,8 +72,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class StepExtras:
     """What one schedule step adds to a (possibly shared) block."""
     lora: nn.Module | None = None          # LoopLoRA of this (block, loop), or None
-    attn_gain: torch.Tensor | None = None  # (dim,) per-loop gain on the attention branch
-    mlp_gain: torch.Tensor | None = None   # (dim,) per-loop gain on the MLP branch
+    attn_gain: torch.Tensor | None = None  # (dim,) per-loop gain x clamped step scale on the attention branch
+    mlp_gain: torch.Tensor | None = None   # (dim,) per-loop gain x clamped step scale on the MLP branch
     xsa: bool = False                      # exclusive self-attention at this step
     ve: torch.Tensor | None = None         # (B, T, kv_dim) value embedding to add to v
 
@@ -76,7 +93,8 @@ def _proj(linear: QLinear, x: torch.Tensor, extras: StepExtras | None, name: str
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, rope_base: float, qk_gain_init: float) -> None:
+    def __init__(self, dim: int, n_heads: int, n_kv_heads: int, rope_base: float, qk_gain_init: float,
+                 rope_dims: int = 0) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         kv_dim = n_kv_heads * self.head_dim
@@ -86,7 +104,7 @@ class CausalSelfAttention(nn.Module):
         self.o = QLinear(dim, dim, bias=False)
         nn.init.zeros_(self.o.weight)  # the block starts as identity
         self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init))
-        self.rotary = Rotary(self.head_dim, rope_base)
+        self.rotary = Rotary(self.head_dim, rope_base, rope_dims)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
         B, T, D = x.shape
@@ -111,37 +129,69 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """relu^2 MLP (baseline: hidden = 2 x dim)."""
+    """relu^2 MLP (baseline: hidden = 2 x dim); act = "leaky_relu2" uses `tricks.leaky_relu2` (#1096)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, act: str = "relu2") -> None:
         super().__init__()
+        if act not in ("relu2", "leaky_relu2"):
+            raise ValueError(f"unknown MLP activation {act!r}")
+        self.leaky = act == "leaky_relu2"
         self.fc = QLinear(dim, hidden, bias=False)
         self.proj = QLinear(hidden, dim, bias=False)
         nn.init.zeros_(self.proj.weight)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
-        h = torch.relu(_proj(self.fc, x, extras, "fc")).square()
+        h = _proj(self.fc, x, extras, "fc")
+        h = leaky_relu2(h) if self.leaky else torch.relu(h).square()
         return _proj(self.proj, h, extras, "proj")
 
 
 class Block(nn.Module):
+    """x <- mix(x, x0); x <- x + attn_scale * attn(norm(x)) [* gain]; x <- x + mlp_scale * mlp(norm(x)) [* gain].
+
+    Options: output_norm moves the RMSNorm from each branch's input to its output (`tricks.output_norm`);
+    birkhoff replaces resid_mix by one logit (`tricks.birkhoff_mix`; the block then has `mix_logit`
+    and no `resid_mix`); ln_scale multiplies the normed branch inputs (`tricks.ln_scale_factor`; 1.0 =
+    off; unused under output_norm); mlp_act and rope_dims go to the MLP and the attention.
+    """
+
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, mlp_hidden: int, rope_base: float,
-                 qk_gain_init: float) -> None:
+                 qk_gain_init: float, *, mlp_act: str = "relu2", rope_dims: int = 0, output_norm: bool = False,
+                 birkhoff: bool = False, ln_scale: float = 1.0) -> None:
         super().__init__()
-        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init)
-        self.mlp = MLP(dim, mlp_hidden)
+        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init, rope_dims)
+        self.mlp = MLP(dim, mlp_hidden, mlp_act)
         self.attn_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # (2, dim): [x, x0]
+        if birkhoff:
+            self.mix_logit = nn.Parameter(torch.zeros(1))  # sigmoid(0) = 0.5: half stream, half x0 (#1096)
+            self.resid_mix = None
+        else:
+            self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # (2, dim): [x, x0]
+            self.mix_logit = None
+        self.out_norm = output_norm  # Output-LN: norm the branch outputs, not their inputs
+        self.ln_scale = ln_scale
+
+    def _branch_in(self, x: torch.Tensor) -> torch.Tensor:
+        if self.out_norm:
+            return x
+        h = rms_norm(x)
+        return h * self.ln_scale if self.ln_scale != 1.0 else h
+
+    def _branch_out(self, y: torch.Tensor) -> torch.Tensor:
+        return output_norm(y) if self.out_norm else y
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
-        mix = self.resid_mix.to(x.dtype)
-        x = mix[0] * x + mix[1] * x0
-        a = self.attn_scale.to(x.dtype) * self.attn(rms_norm(x), extras)
+        if self.mix_logit is not None:
+            x = birkhoff_mix(x, x0, self.mix_logit)
+        else:
+            mix = self.resid_mix.to(x.dtype)
+            x = mix[0] * x + mix[1] * x0
+        a = self.attn_scale.to(x.dtype) * self._branch_out(self.attn(self._branch_in(x), extras))
         if extras is not None and extras.attn_gain is not None:
             a = a * extras.attn_gain.to(x.dtype)
         x = x + a
-        m = self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x), extras)
+        m = self.mlp_scale.to(x.dtype) * self._branch_out(self.mlp(self._branch_in(x), extras))
         if extras is not None and extras.mlp_gain is not None:
             m = m * extras.mlp_gain.to(x.dtype)
         return x + m

@@ -4,9 +4,11 @@
     for each schedule step i:  [U-Net skip in] [loop embedding] block(x, x0, extras_i) [skip out]
     RMSNorm -> tied head -> logit softcap
 
-`extras_i` carries what step i adds to its block: per-loop LoRA and gains for shared blocks, XSA and
-the value embedding in the last N steps. With every trick off, extras are None and the forward is
-the parameter-golf baseline's, operation for operation.
+`extras_i` carries what step i adds to its block: per-loop LoRA and gains for shared blocks, the
+clamped per-step scales, XSA and the value embedding in the last N steps (or loops). Per-block options
+(Output-LN, Birkhoff mixing, LN scale, LeakyReLU^2, partial RoPE) are fixed when the blocks are built;
+"core" scopes mean the blocks of the looped core (steps of role core or repeat). With every trick off,
+extras are None and the forward is the parameter-golf baseline's, operation for operation.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from .blocks import Block, StepExtras, rms_norm
 from .fused import softcap_cross_entropy
 from .lora import LoopLoRA
 from .schedule import Step, build_schedule, format_schedule, n_unique_blocks, shared_blocks
-from .tricks import BigramHash, SmearGate, UNetSkips, ValueEmbedding, add_loop_embedding
+from .tricks import (BigramHash, SmearGate, UNetSkips, ValueEmbedding, add_loop_embedding, clamped_step_scales,
+                     last_n_mask, ln_scale_factor)
 
 
 class RecurGPT(nn.Module):
@@ -36,8 +39,14 @@ class RecurGPT(nn.Module):
         self.tok_emb = nn.Embedding(m.vocab_size, m.dim)
         nn.init.normal_(self.tok_emb.weight, std=m.tied_embed_init_std)
         hidden = int(m.mlp_mult * m.dim)
-        self.blocks = nn.ModuleList(Block(m.dim, m.n_heads, m.n_kv_heads, hidden, m.rope_base, m.qk_gain_init)
-                                    for _ in range(n_unique_blocks(s)))
+        # the looped core's blocks: scope "core" of output_norm / birkhoff_mix, and loops of last_n_unit
+        self.core_blocks = frozenset(st.block for st in self.steps if st.role in ("core", "repeat"))
+        in_scope = lambda scope, b: scope == "all" or (scope == "core" and b in self.core_blocks)  # noqa: E731
+        self.blocks = nn.ModuleList(
+            Block(m.dim, m.n_heads, m.n_kv_heads, hidden, m.rope_base, m.qk_gain_init, mlp_act=m.mlp_act,
+                  rope_dims=m.rope_dims, output_norm=in_scope(m.output_norm, b),
+                  birkhoff=in_scope(m.birkhoff_mix, b), ln_scale=ln_scale_factor(b) if m.ln_scale else 1.0)
+            for b in range(n_unique_blocks(s)))
         n = len(self.steps)
         self.n_encoder = m.unet_encoder_steps or n // 2
         if self.n_encoder >= n:
@@ -73,19 +82,34 @@ class RecurGPT(nn.Module):
         self.loop_gains = nn.Parameter(torch.ones(len(keys), 2, d)) if m.use_loop_scales and keys else None
         n_loops = 1 + max((st.loop for st in self.steps), default=0)
         self.loop_embed = nn.Parameter(torch.zeros(n_loops, d)) if m.use_loop_embedding and keys else None
+        # (step, [attn, mlp], dim): every schedule step's branch scales, clamped at use (#1096 ts_attn/ts_mlp)
+        self.step_scales = nn.Parameter(torch.ones(len(self.steps), 2, d)) if m.use_step_scales else None
+        self.step_index = {(st.block, st.loop): i for i, st in enumerate(self.steps)}  # (block, loop) is unique
 
     def _key(self, st: Step) -> tuple[int, int] | None:
         if st.block not in self.max_loop:
             return None
         return st.block, min(st.loop, self.max_loop[st.block])  # extra eval loops reuse the last loop's
 
-    def _extras(self, st: Step, i: int, n: int, ve: torch.Tensor | None) -> StepExtras | None:
+    def step_scale_row(self, st: Step) -> int:
+        """The row of `step_scales` a step uses: its own in the trained schedule; loops beyond the trained
+        ones reuse the last loop's row, and a repeat segment run with repeats off uses its first pass's."""
+        return self.step_index[(st.block, min(st.loop, self.max_loop.get(st.block, 0)))]
+
+    def last_n_masks(self, steps: tuple[Step, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+        """(XSA on, value embedding on) per step of this pass (`tricks.last_n_mask`)."""
+        m = self.cfg.model
+        return (last_n_mask(steps, m.xsa_last_n, m.last_n_unit, self.core_blocks),
+                last_n_mask(steps, m.ve_last_n, m.last_n_unit, self.core_blocks))
+
+    def _extras(self, st: Step, xsa: bool, ve_i: torch.Tensor | None) -> StepExtras | None:
         m = self.cfg.model
         key = self._key(st)
         lora = self.loop_lora[f"b{key[0]}_l{key[1]}"] if key and self.loop_lora is not None else None
         gains = self.loop_gains[self.loop_keys[key]] if key and self.loop_gains is not None else None
-        xsa = i >= n - m.xsa_last_n
-        ve_i = ve if ve is not None and i >= n - m.ve_last_n else None
+        if self.step_scales is not None:
+            scales = clamped_step_scales(self.step_scales, self.step_scale_row(st), m.step_scale_clamp)
+            gains = scales if gains is None else gains * scales
         if lora is None and gains is None and not xsa and ve_i is None:
             return None
         return StepExtras(lora=lora, attn_gain=None if gains is None else gains[0],
@@ -114,11 +138,12 @@ class RecurGPT(nn.Module):
         n = len(steps)
         n_enc = self.n_encoder if n == len(self.steps) else round(self.n_encoder * n / len(self.steps))
         skips = UNetSkips(self.skip_weights, n_enc)
+        xsa_on, ve_on = self.last_n_masks(steps)
         for i, st in enumerate(steps):
             x = skips.enter(i, x)
             if self.loop_embed is not None:
                 x = add_loop_embedding(x, self.loop_embed, steps, i)
-            x = self.blocks[st.block](x, x0, self._extras(st, i, n, ve))
+            x = self.blocks[st.block](x, x0, self._extras(st, xsa_on[i], ve if ve_on[i] else None))
             skips.leave(i, x)
         x = rms_norm(x)
         logits = F.linear(x, self.tok_emb.weight.to(x.dtype)) if self.lm_head is None else self.lm_head(x)
@@ -166,12 +191,19 @@ class RecurGPT(nn.Module):
                  f"steps     {len(steps)} effective layers from {len(self.blocks)} unique blocks"
                  + (f"; shared blocks {shared}" if shared else ""),
                  f"unet      {self.n_encoder} encoder steps, {0 if self.skip_weights is None else len(self.skip_weights)} skips"]
+        m = self.cfg.model
+        unit = " loops" if m.last_n_unit == "loops" else ""  # steps: the label as before
         tricks = [name for name, on in [
-            (f"xsa(last {self.cfg.model.xsa_last_n})", self.cfg.model.xsa_last_n),
-            (f"value_embed(last {self.cfg.model.ve_last_n})", self.value_embed is not None),
+            (f"xsa(last {m.xsa_last_n}{unit})", m.xsa_last_n),
+            (f"value_embed(last {m.ve_last_n}{unit})", self.value_embed is not None),
             ("smear_gate", self.smear is not None), ("bigram_hash", self.bigram is not None),
-            (f"loop_lora(r{self.cfg.model.loop_lora_rank}, {self.cfg.model.loop_lora_form})", self.loop_lora is not None),
-            ("loop_scales", self.loop_gains is not None), ("loop_embedding", self.loop_embed is not None)] if on]
+            (f"loop_lora(r{m.loop_lora_rank}, {m.loop_lora_form})", self.loop_lora is not None),
+            ("loop_scales", self.loop_gains is not None), ("loop_embedding", self.loop_embed is not None),
+            (f"output_norm({m.output_norm})", m.output_norm != "off"),
+            (f"birkhoff_mix({m.birkhoff_mix})", m.birkhoff_mix != "off"),
+            (f"step_scales(clamp {m.step_scale_clamp:g})", self.step_scales is not None),
+            ("leaky_relu2", m.mlp_act == "leaky_relu2"), (f"partial_rope({m.rope_dims})", m.rope_dims),
+            ("ln_scale", m.ln_scale)] if on]
         lines.append("tricks    " + (", ".join(tricks) if tricks else "none"))
         for k, v in self.param_groups().items():
             lines.append(f"params    {k:<14} {v:>12,}")

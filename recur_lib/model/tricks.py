@@ -5,6 +5,7 @@ Each docstring says what the trick does, where it comes from, how ours differs, 
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -22,7 +23,8 @@ def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     with v_hat the unit value vector of the same token in the head's KV group, so a token cannot
     simply copy itself and must gather from its context.
     Source: parameter-golf #927 (last 4 loops) and #1406 (last 4 layers); "exclusive self-attention".
-    Differences: none intended; applied to the last N *schedule steps*, whatever blocks they run.
+    Differences: none intended; applied to the last N schedule steps, or the last N loops with
+    `model.last_n_unit = "loops"` (`last_n_mask`), whatever blocks they run.
     Warnings: a step whose attention is mostly on itself loses most of its output.
     """
     H, KV = y.size(1), v.size(1)
@@ -79,7 +81,8 @@ class ValueEmbedding(nn.Module):
     """Value embedding: a second token embedding projected to the value width, added to the values.
 
     Re-injects token identity deep into the network, where the residual stream has drifted from it.
-    Used in the last N schedule steps. Source: parameter-golf #927 (dim 128, last 2 loops), #1406.
+    Used in the last N schedule steps (or loops: `last_n_mask`). Source: parameter-golf #927 (dim 128,
+    last 2 loops), #1406.
     Differences: one table and one projection shared by all N steps; the projection starts at zero.
     """
 
@@ -133,3 +136,115 @@ def add_loop_embedding(x: torch.Tensor, table: torch.Tensor, steps: Sequence[Ste
     if st.role in ("core", "repeat") and (i == 0 or steps[i - 1].loop != st.loop or steps[i - 1].role != st.role):
         x = x + table[min(st.loop, len(table) - 1)].to(x.dtype)
     return x
+
+
+# -- the #1096 / #855 stability tricks and the #1406-lineage block details ----------------------------
+
+LEAKY_SLOPE = 0.5
+
+
+def leaky_relu2(x: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU(0.5)^2: the MLP activation `leaky_relu(x, 0.5) ** 2` in place of the baseline's relu(x)^2.
+
+    Negative pre-activations keep a gradient (slope 0.5 before squaring, so x^2 / 4 on that side) instead
+    of a dead zero. Source: parameter-golf #1096 (`F.leaky_relu(up(x), negative_slope=0.5).square()`), the
+    same line in the #1406 records lineage (#549 onward). Differences: none intended (slope fixed at 0.5).
+    Warnings: the output is never negative and is symmetric-ish around 0, so the down projection sees a
+    larger mean input than with relu^2; nothing is re-scaled for that.
+    """
+    return F.leaky_relu(x, LEAKY_SLOPE).square()
+
+
+def output_norm(y: torch.Tensor) -> torch.Tensor:
+    """Output-LN: a parameter-free RMSNorm on a branch's *output* (attention, MLP), applied in place of
+    the usual RMSNorm on the branch's *input*: `x + a * norm(attn(x))`, `x + m * norm(mlp(x))`.
+
+    Every branch then adds a unit-RMS update whatever its weights do, so the stream cannot blow up
+    over loops of a shared block. Source: parameter-golf #1096 ("outputln" block mode, from #855: "nothing
+    works without it"): in its code the shared (core) blocks drop both input norms and normalise both
+    branch outputs (attn_out_norm, mlp_out_norm); prelude and coda stay pre-norm. q and k are still
+    RMS-normalised inside attention, so only v and the MLP see the un-normalised stream.
+    Differences: ours keeps the block's attn_scale / mlp_scale gains (1 at init, after the norm; #1096's
+    outputln blocks have none and rely on the per-step scales), and `model.output_norm = "all"` also
+    applies it to unique blocks. Warnings: output projections start at zero, and RMSNorm of a zero
+    vector is zero with gradient 1/sqrt(eps) (~2900 in fp32), so the first steps see very large
+    gradients through the zero-initialised projections (#1096 has the same init); ln_scale is not
+    applied in these blocks (no input norm to scale, as in #1096).
+    """
+    return F.rms_norm(y, (y.size(-1),))
+
+
+def birkhoff_mix(x: torch.Tensor, x0: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+    """Birkhoff residual mixing: a block's input is the convex combination `s x + (1 - s) x0`,
+    s = sigmoid(logit), of the residual stream x and the embedding x0, in place of the baseline's
+    unconstrained learned mix `resid_mix[0] * x + resid_mix[1] * x0`.
+
+    The two weights are non-negative and sum to 1 (a doubly-stochastic, "Birkhoff polytope" mix), so
+    the mix cannot amplify the stream. Source: parameter-golf #1096 code (`resid_mix_logit`, one scalar
+    per shared block, init 0.0 so s = 0.5 at the start; from #855). Differences: none intended; the
+    logit is a (1,) tensor. Note what it is *not*: the branches are still added plainly
+    (`x + attn_out`); the convex combination is between the stream and x0, not stream and branch.
+    Warnings: at init the block input is half stream, half embedding (the baseline starts at all stream).
+    """
+    s = torch.sigmoid(logit).to(x.dtype)
+    return s * x + (1 - s) * x0
+
+
+def clamped_step_scales(table: torch.Tensor, i: int, clamp: float) -> torch.Tensor:
+    """Per-step scale vectors: row i of a (steps, 2, dim) table, clamped to [-clamp, clamp] in the forward;
+    [0] multiplies step i's attention branch, [1] its MLP branch.
+
+    Every schedule step (prelude, each loop of the core, coda) gets its own gains, so a shared block
+    can weight its branches per pass. Source: parameter-golf #1096 (`ts_attn`, `ts_mlp`: (num_effective,
+    dim), init 1, `.clamp(-4, 4)` at use, multiplying the attn/MLP branch outputs of every effective
+    layer; after the output norm in its outputln blocks, before attn_scale/mlp_scale in pre-norm ones)
+    and #855 ("timestep gamma capped +-4": quant gap -26-30%, stored fp16 passthrough; ours are fp32
+    control tensors). Differences: one (steps, 2, dim) parameter; evaluating at more loops reuses the
+    last trained loop's scales. Warnings: the clamp is on the value used, not on the parameter: a
+    parameter pushed past the clamp gets zero gradient there and stays stuck at the clamp value.
+    """
+    return table[i].clamp(-clamp, clamp)
+
+
+def ln_scale_factor(block: int) -> float:
+    """LN scale: the RMS-normalised input of a block's attention and MLP is multiplied by 1/sqrt(b + 1),
+    b the unique block's index, so deeper blocks start with smaller branch updates.
+
+    Source: parameter-golf #1406 records lineage (`LN_SCALE=1`, `ln_scale_factor = 1/sqrt(layer_idx+1)`
+    with layer_idx the physical block, so the repeated blocks keep theirs) and #1096 (on by default;
+    only its pre-norm prelude/coda use it). Differences: none intended; a shared block has one factor for
+    all its loops. Warnings: q and k are RMS-normalised after the projection, so in attention the factor
+    only scales v; in the MLP relu^2 makes it a factor 1/(b + 1) on the hidden activations.
+    """
+    return 1.0 / math.sqrt(block + 1)
+
+
+def last_n_mask(steps: Sequence[Step], n: int, unit: str, core_blocks: set[int] | frozenset[int]) -> tuple[bool, ...]:
+    """Which steps of a pass count as "the last n", for XSA (`model.xsa_last_n`) and the value
+    embedding (`model.ve_last_n`), in `model.last_n_unit`:
+
+      steps  the last n schedule steps, whatever they run;
+      loops  the last n passes of the looped core (steps running a core block, counted by Step.loop from
+             the last pass of this schedule), plus every step after the core's last step (a hybrid's
+             coda, the flat blocks after a repeat segment): they are deeper than any loop, so "the end of
+             the network" includes them. Steps before the core (prelude) are never selected, even when
+             n exceeds the loop count.
+
+    core_blocks: the blocks of the trained schedule's core (role core or repeat), so a repeat schedule
+    run with its repeats off counts its single segment pass as one loop.
+    Source: parameter-golf #927 counts loops (4 blocks x 7: XSA in the last 4 loops = the last 16
+    steps, VE in the last 2 = the last 8); #1406 counts layers (steps). Differences: the coda rule is
+    ours (#927 has no coda). Warnings: with unit "loops", n = 1 on a 1 + 4x3 + 1 schedule already
+    selects 5 steps.
+    """
+    T = len(steps)
+    if n <= 0:
+        return (False,) * T
+    if unit == "steps":
+        return tuple(i >= T - n for i in range(T))
+    core = [i for i, st in enumerate(steps) if st.block in core_blocks]
+    if not core:
+        raise ValueError("last_n_unit = 'loops' needs a schedule with a looped core (looped, hybrid, repeat)")
+    first = 1 + max(steps[i].loop for i in core) - n
+    core_set = set(core)
+    return tuple((i in core_set and st.loop >= first) or i > core[-1] for i, st in enumerate(steps))

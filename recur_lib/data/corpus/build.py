@@ -3,16 +3,19 @@
 Stages, each of which writes its outputs atomically and is skipped when its finished output exists:
 
 1. documents: fetch and unpack the Debian sources (or read --text-dir), strip markup, de-duplicate,
-   split train/val by document -> `docs/{train,val}.txt` + `docs/documents.json`.
+   split train/val by document, put each split in a seeded order that interleaves the sources
+   (`sources.mixed_order`) -> `docs/{train,val}.txt`, `docs/{train,val}_ids.json` (document ids in
+   that order) + `docs/documents.json`, which records the stage's inputs; a stage whose recorded
+   inputs differ (an older build format, another seed or split) is rebuilt with everything after it.
 2. tokenizer: train SentencePiece (official spec) on the training split only -> `tokenizer.model`.
 3. shards: encode each document as `[bos] + ids` -> `{train,val}_NNNNNN.bin` (official format).
 4. audit + manifest: check the bpb byte count on val, then write `manifest.json` last. A build is
-   finished exactly when manifest.json exists and every shard matches its recorded sha256.
+   finished exactly when manifest.json exists, carries this BUILD_FORMAT, and every shard matches its
+   recorded sha256.
 """
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -25,13 +28,18 @@ from tqdm.auto import tqdm
 from ...paths import atomic_write
 from ...version import __version__
 from ..bpb import audit_split
+from ..loader import load_tokens
 from ..shards import write_shard
-from ..tokenizer import SPEC, encode_documents, load_tokenizer, train_tokenizer
-from .sources import (SOURCES, CorpusError, Document, deb_version, extract_deb, fetch_debs, is_val,
-                      select_documents, sha256_file, source_documents, text_dir_documents)
+from ..tokenizer import BOS_ID, SPEC, encode_documents, load_tokenizer, train_tokenizer
+from .sources import (MIX_RULE, SOURCES, CorpusError, Document, deb_version, doc_source, extract_deb, fetch_debs,
+                      is_val, mixed_order, select_documents, sha256_file, source_documents, text_dir_documents)
 
 CORPUS_LOCK = json.loads((Path(__file__).parent / "corpus_lock.json").read_text())
 DOC_SEP = "\x1e"  # record separator between documents in docs/*.txt (never in cleaned text)
+# 1: documents in source order (every prefix is the first package only); 2: documents in mixed_order.
+# A manifest or documents.json of another format is not finished, so an old build is rebuilt.
+BUILD_FORMAT = 2
+SHUFFLE_SEED = 20261125
 
 
 @dataclass(frozen=True)
@@ -42,16 +50,19 @@ class BuildOptions:
     val_permille: int = 50             # share of documents in val, in 1/1000
     shard_tokens: int = 10_000_000     # tokens per shard (official: 10^8)
     tokenizer_max_bytes: int = 0       # train the tokenizer on the first N bytes of train (0 = all)
+    shuffle_seed: int = SHUFFLE_SEED   # seed of the document order (sources.mixed_order)
     force: bool = False                # rebuild every stage
 
 
 def is_finished(out: Path) -> bool:
-    """True when a build's manifest exists and every shard in it matches its sha256."""
+    """True when a build's manifest exists, is of this BUILD_FORMAT, and every shard in it matches its sha256."""
     man = out / "manifest.json"
     if not man.exists():
         return False
     try:
         m = json.loads(man.read_text())
+        if m.get("build_format") != BUILD_FORMAT:
+            return False  # e.g. an unshuffled build of format 1 (no build_format key)
         shards = [s for split in m["splits"].values() for s in split["shards"]]
         tok = m["tokenizer"]
         return (all((out / s["file"]).exists() and sha256_file(out / s["file"]) == s["sha256"] for s in shards)
@@ -80,45 +91,59 @@ def _debian_documents(out: Path, sources_info: list[dict[str, Any]]) -> Iterator
         yield from source_documents(src, root)
 
 
+def _documents_inputs(opts: BuildOptions) -> dict[str, Any]:
+    """What the documents stage depends on besides the sources' bytes (which are recorded by sha256)."""
+    return {"build_format": BUILD_FORMAT, "text_dir": str(opts.text_dir) if opts.text_dir is not None else None,
+            "val_permille": opts.val_permille, "shuffle_seed": opts.shuffle_seed}
+
+
 def build_documents(opts: BuildOptions) -> dict[str, Any]:
     out = opts.out
     docs_dir = out / "docs"
     info_path = docs_dir / "documents.json"
     if info_path.exists() and not opts.force:
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        if info.get("inputs") == _documents_inputs(opts):
+            return info
+        print(f"{docs_dir}: documents were built by another format or with other options; rebuilding them", flush=True)
+    # Everything after this stage derives from its output: unfinished until built again.
+    info_path.unlink(missing_ok=True)
+    (out / "tokenizer.model").unlink(missing_ok=True)
     docs_dir.mkdir(parents=True, exist_ok=True)
     sources_info: list[dict[str, Any]] = []
     stats: dict[str, int] = {}
     if opts.text_dir is not None:
         raw = text_dir_documents(opts.text_dir)
-        sources_info.append({"text_dir": str(opts.text_dir), "licence": "as provided by the user"})
     else:
         raw = _debian_documents(out, sources_info)
     per_source: dict[str, dict[str, int]] = {}
-    files = {s: open(docs_dir / f"{s}.txt.tmp", "w", encoding="utf-8") for s in ("train", "val")}
-    counts = {s: {"docs": 0, "bytes": 0} for s in files}
-    try:
-        for d in select_documents(raw, stats):
-            split = "val" if is_val(d.id, opts.val_permille) else "train"
-            n = len(d.text.encode("utf-8"))
-            files[split].write(d.text + DOC_SEP)
-            counts[split]["docs"] += 1
-            counts[split]["bytes"] += n
-            src = per_source.setdefault(d.id.split("/", 1)[0], {"docs": 0, "bytes": 0})
-            src["docs"] += 1
-            src["bytes"] += n
-    finally:
-        for f in files.values():
-            f.close()
+    splits: dict[str, list[Document]] = {"train": [], "val": []}
+    for d in select_documents(raw, stats):
+        splits["val" if is_val(d.id, opts.val_permille) else "train"].append(d)
+        n = len(d.text.encode("utf-8"))
+        src = per_source.setdefault(doc_source(d.id), {"docs": 0, "bytes": 0})
+        src["docs"] += 1
+        src["bytes"] += n
+    counts = {s: {"docs": len(docs), "bytes": sum(len(d.text.encode("utf-8")) for d in docs)}
+              for s, docs in splits.items()}
     if counts["train"]["docs"] == 0 or counts["val"]["docs"] == 0:
         raise CorpusError(f"corpus too small to split: {counts} (need documents in both train and val)")
-    for s in files:
-        os.replace(docs_dir / f"{s}.txt.tmp", docs_dir / f"{s}.txt")
+    for split, docs in splits.items():
+        order = mixed_order([d.id for d in docs], [len(d.text.encode("utf-8")) for d in docs], opts.shuffle_seed)
+        atomic_write(docs_dir / f"{split}.txt",
+                     lambda f, docs=docs, order=order: f.writelines((docs[i].text + DOC_SEP).encode("utf-8")
+                                                                    for i in order))
+        atomic_write(docs_dir / f"{split}_ids.json", json.dumps([docs[i].id for i in order], indent=0))
+    if opts.text_dir is not None:
+        sources_info = [{"source": name, "text_dir": str(opts.text_dir), "licence": "as provided by the user"}
+                        for name in sorted(per_source)]
     for info in sources_info:
-        info.update(per_source.get(info.get("package", "text"), {}))
-    info = {"sources": sources_info, "splits": counts, "filtered": stats, "val_permille": opts.val_permille,
-            "split_rule": "val iff int(sha256(doc_id)[:8], 16) % 1000 < val_permille"}
-    atomic_write(info_path, json.dumps(info, indent=2))
+        info.update(per_source.get(info.get("package", info.get("source", "")), {}))
+    info = {"inputs": _documents_inputs(opts), "sources": sources_info, "splits": counts, "filtered": stats,
+            "val_permille": opts.val_permille,
+            "split_rule": "val iff int(sha256(doc_id)[:8], 16) % 1000 < val_permille",
+            "order": {"seed": opts.shuffle_seed, "rule": MIX_RULE, "ids": "docs/{split}_ids.json"}}
+    atomic_write(info_path, json.dumps(info, indent=2))  # written last: the stage is finished
     return info
 
 
@@ -132,8 +157,8 @@ def read_documents(path: Path) -> list[str]:
 
 def build_tokenizer(opts: BuildOptions) -> Path:
     model = opts.out / "tokenizer.model"
-    if model.exists() and not opts.force:
-        return model
+    if model.exists() and not opts.force and load_tokenizer(model).vocab_size() == opts.vocab_size:
+        return model  # (build_documents deletes it whenever it rebuilds the documents)
     lines_path = opts.out / "docs" / "tokenizer_train.txt"
     budget = opts.tokenizer_max_bytes or float("inf")
     used = 0
@@ -205,11 +230,13 @@ def build(opts: BuildOptions) -> dict[str, Any]:
     report = audit_split([out / sh["file"] for sh in splits["val"]["shards"]], sp, opts.vocab_size)
     print(report.summary())
     manifest = {
-        "name": out.name, "recur_lib": __version__, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "name": out.name, "build_format": BUILD_FORMAT, "recur_lib": __version__,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": round(time.time() - t0, 1), "platform": platform.platform(),
         "debian_version": _read(Path("/etc/debian_version")),
         "sources": docs_info["sources"], "filtered": docs_info["filtered"],
         "split_rule": docs_info["split_rule"], "val_permille": docs_info["val_permille"],
+        "order": docs_info["order"],
         "tokenizer": {"file": model.name, "sha256": sha256_file(model), "vocab_size": sp.vocab_size(),
                       "spec": SPEC, "trained_on": "train split"},
         "splits": splits,
@@ -230,3 +257,22 @@ def _read(p: Path) -> str | None:
         return p.read_text().strip()
     except OSError:
         return None
+
+
+def source_mix(out: Path, split: str, max_tokens: int = 0) -> dict[str, int]:
+    """Tokens per source in the first max_tokens tokens of a finished build's split (0 = all of it).
+
+    Documents are found by their leading bos in the shards and named by `docs/{split}_ids.json`, which
+    lists them in shard order; a document cut by the prefix counts with its tokens inside it.
+    """
+    ids = json.loads((out / "docs" / f"{split}_ids.json").read_text())
+    toks = load_tokens(sorted(out.glob(f"{split}_*.bin")), max_tokens=max_tokens)
+    starts = np.flatnonzero(toks == BOS_ID)
+    if len(toks) and (len(starts) == 0 or starts[0] != 0 or len(starts) > len(ids)):
+        raise CorpusError(f"{out}: {split} shards do not match docs/{split}_ids.json ({len(starts)} documents found, "
+                          f"{len(ids)} listed)")
+    mix: dict[str, int] = {}
+    for i, n in enumerate(np.diff(np.append(starts, len(toks)))):
+        src = doc_source(ids[i])
+        mix[src] = mix.get(src, 0) + int(n)
+    return mix

@@ -5,7 +5,9 @@ documentation packages fetched with `apt-get download` and unpacked with `dpkg-d
 project's ignored data folder (nothing is installed system-wide, no package scripts run). Each source
 says where its text lies and which markup stripper reads it; every file becomes one document (the
 Jargon File is split into groups of entries). Documents are de-duplicated by their normalised text
-and assigned to val by a hash of their id, so the split does not move when other documents change.
+and assigned to val by a hash of their id, so the split does not move when other documents change;
+each split is then put in a seeded order that interleaves the sources (`mixed_order`), so any prefix
+of train or val holds every source in about its share of the split.
 
 Users without Debian's archive point `recur data build --text-dir DIR` at any folder of `.txt` files.
 """
@@ -250,6 +252,50 @@ def dedup_key(text: str) -> str:
 def is_val(doc_id: str, val_permille: int) -> bool:
     """Fixed document-level split: a hash of the id, independent of every other document."""
     return int(hashlib.sha256(doc_id.encode("utf-8")).hexdigest()[:8], 16) % 1000 < val_permille
+
+
+def doc_source(doc_id: str) -> str:
+    """The source a document comes from: its Debian package, or for --text-dir documents the first
+    folder below the text dir ("text/<folder>"; files directly in the text dir are source "text")."""
+    head, _, rest = doc_id.partition("/")
+    if head == "text" and "/" in rest:
+        return f"text/{rest.split('/', 1)[0]}"
+    return head
+
+
+def _unit_hash(*parts: object) -> float:
+    """A deterministic number in [0, 1) from the parts (52 bits of their sha256)."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).hexdigest()
+    return int(h[:13], 16) / 16 ** 13
+
+
+MIX_RULE = ("shuffle each source's documents by sha256(seed, doc id), then merge the sources by the key "
+            "(bytes of the source before the document + half its bytes) / the source's bytes: every prefix "
+            "holds each source's share of the split to within about half a document per source")
+
+
+def mixed_order(ids: list[str], sizes: list[int], seed: int) -> list[int]:
+    """A deterministic shuffle of documents (indices into ids) that mixes the sources evenly.
+
+    Each source's documents are shuffled by a hash of (seed, id); the sources are then merged so that
+    each one's running share of bytes tracks its share of the whole: a document's key is the fraction
+    of its source's bytes that lie before its middle. A prefix that ends at key k holds the documents
+    of each source whose middle lies before k: k x the source's bytes, give or take half of the one
+    document straddling that point. A plain shuffle would be off by the sampling noise of a few large
+    documents instead. See MIX_RULE.
+    """
+    by_source: dict[str, list[int]] = {}
+    for i, d in enumerate(ids):
+        by_source.setdefault(doc_source(d), []).append(i)
+    keys: list[tuple[float, float, str, int]] = []  # (key, tie-break, id, index)
+    for members in by_source.values():
+        members.sort(key=lambda i: (_unit_hash(seed, ids[i]), ids[i]))
+        total = max(1, sum(sizes[i] for i in members))
+        before = 0
+        for i in members:
+            keys.append(((2 * before + sizes[i]) / (2 * total), _unit_hash(seed, "tie", ids[i]), ids[i], i))
+            before += sizes[i]
+    return [k[-1] for k in sorted(keys)]
 
 
 def select_documents(docs: Iterator[Document], stats: dict[str, int]) -> Iterator[Document]:

@@ -11,6 +11,7 @@ vary the init and where in the train stream a run starts (data.seed_offset).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def main() -> int:
     variants = [Arm(f"{scheme}-int{b}", {"quant.scheme": scheme, "quant.export_bits": b, "quant.embed_bits": b},
                     {"scheme": scheme, "bits": b}) for scheme in ("baseline", "rowmax") for b in a.bits]
     ev = evaluate_variants(df, variants, parallel=a.parallel, quiet=True)
+    ev["run_dir"] = [os.path.relpath(d, ROOT) for d in ev["run_dir"]]  # published tables: project-relative
     save_table(ev, a.out, "quant_schemes_runs")
     ok = ev[ev["status"] == "finished"]
     table = (ok.groupby(["scheme", "bits"])["quant_gap"].agg(["mean", "std", "count"])

@@ -30,13 +30,16 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    base = Config.load(args.config) if args.config else Config.from_name(args.preset)
+    strict = getattr(args, "strict_config", False)
+    base = Config.load(args.config, strict=strict) if args.config else Config.from_name(args.preset)
     return base.override(parse_sets(args.set))
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="quick", choices=preset_names(), help="named preset (default: quick)")
-    p.add_argument("--config", help="a config JSON file (instead of --preset)")
+    p.add_argument("--config", help="a config JSON file (instead of --preset); fields it leaves out take the "
+                   "baseline defaults, with a warning naming them")
+    p.add_argument("--strict-config", action="store_true", help="refuse a --config file that leaves fields out")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. model.dim=256")
 
 
@@ -51,8 +54,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from . import device
-    from .rundir import FINAL_STATUSES, RunExistsError, read_summary, run_dir_for
+    from .rundir import FINAL_STATUSES, RunExistsError, RunLockedError, die_with_parent, read_summary, run_dir_for
     from .train import train
+    die_with_parent()  # a torchrun worker of a runner's job follows torchrun (a no-op outside the runner)
     try:
         cfg = config_from_args(args)
         run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
@@ -65,12 +69,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return 0
             resume = resume or (run_dir / "ckpt.pt").exists()
         result = train(cfg, run_dir, resume=resume, force=args.force)
-    except (ConfigError, RunExistsError, ValueError, OSError) as e:
+    except (ConfigError, RunExistsError, RunLockedError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
         device.teardown()
-    return {"finished": 0, "diverged": 0, "interrupted": 130}.get(result.status, 1)
+    if result.status == "interrupted":  # as a shell reports a process ended by the signal
+        return 143 if result.summary.get("reason") == "SIGTERM" else 130
+    return {"finished": 0, "diverged": 0}.get(result.status, 1)
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
@@ -80,33 +86,59 @@ def cmd_data_build(args: argparse.Namespace) -> int:
                         vocab_size=args.vocab_size, val_permille=args.val_permille,
                         shard_tokens=args.shard_tokens, tokenizer_max_bytes=args.tokenizer_max_bytes,
                         force=args.force)
+    from .data.corpus.build import skipped_summary
     m = build(opts)
     tr, va = m["splits"]["train"], m["splits"]["val"]
     print(f"{opts.out}: train {tr['docs']} docs {tr['bytes'] / 1e6:.1f} MB {tr['tokens']} tokens in "
           f"{len(tr['shards'])} shards; val {va['docs']} docs {va['bytes'] / 1e6:.2f} MB {va['tokens']} tokens; "
           f"{m['bytes_per_token']['val']:.3f} bytes/token (val)")
+    skipped = skipped_summary(m.get("skipped", {}))
+    if skipped:  # repeated here: a resumed build reuses the documents stage, which printed it the first time
+        print(f"{opts.out}: {skipped}")
     return 0
 
 
 def cmd_data_audit(args: argparse.Namespace) -> int:
-    from .data import audit_split, open_data
+    from .data import open_data
+    from .data.bpb import audit_tokens, roundtrip_tokens
+    from .data.loader import load_tokens
     cfg = config_from_args(args)
-    data = open_data(cfg)
+    data = open_data(cfg)  # refuses an unfinished build, and a tokenizer other than the manifest's
     files = data.val_files if args.split == "val" else data.train_files
-    report = audit_split(files, data.tokenizer, cfg.model.vocab_size)
+    tokens = load_tokens(files, cfg.model.vocab_size)
+    ok = True
+    if data.manifest is not None:
+        print(data.check)
+    else:
+        # The byte audit below counts and decodes with the same tokenizer, so it cannot see a wrong one.
+        rt = roundtrip_tokens(tokens, data.tokenizer)
+        print(f"no manifest: {rt.summary()} ({args.split} split, tokenizer {cfg.data.tokenizer})")
+        if not rt.ok:
+            ok = False
+            print(f"  FAILED: {rt.n_docs - rt.n_same} of {rt.n_docs} documents come back as other ids, so "
+                  "data.tokenizer is not the tokenizer these shards were made with and val_bpb would be wrong; set "
+                  "data.tokenizer to theirs (official FineWeb sp1024: fineweb_1024_bpe.model)")
+    report = audit_tokens(tokens, data.tokenizer, data.tables)
     print(report.summary())
     for doc, c, d in report.mismatches:
         print(f"  doc {doc}: counted {c} bytes, decoded {d} bytes")
-    return 0 if report.ok else 1
+    if not report.ok:
+        print(f"  {args.split} shards: {', '.join(str(f) for f in files)}")
+    return 0 if ok and report.ok else 1
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
+    from .data.dataset import DataError, verify_build
     from .paths import resolve
-    man = resolve(args.out) / "manifest.json"
-    if not man.exists():
-        print(f"{man.parent}: no finished build (no manifest.json). Run `recur data build`.", file=sys.stderr)
+    out = resolve(args.out)
+    man = out / "manifest.json"
+    if man.exists():
+        print(man.read_text())
+    try:
+        verify_build(out)
+    except DataError as e:
+        print(f"not a finished build: {e}", file=sys.stderr)
         return 1
-    print(man.read_text())
     return 0
 
 
@@ -142,7 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         base = Config.load(run_dir / "config.json") if run_dir else config_from_args(args)
         cfg = base.override(parse_sets(args.set))
         run_dir = run_dir or run_dir_for(cfg)
-    out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only, out_name=args.name)
+    out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only, out_name=args.name,
+                       overwrite_artifact=args.overwrite_artifact)
     f, q = out["float"], out["quantized"]
     for mode in f:
         print(f"{mode:<8} float {f[mode]['val_bpb']:.4f}  quantized {q[mode]['val_bpb']:.4f}")
@@ -172,8 +205,8 @@ def cmd_workbook(args: argparse.Namespace) -> int:
     report = run_workbook(args.preset, tuple(args.notebooks or NOTEBOOKS), args.results, params, html=not args.no_html)
     failed = [r["notebook"] for r in report if r["status"] != "ok"]
     if failed:
-        print(f"error: notebooks failed: {failed}; their executed copies in {args.results}/{args.preset}/ "
-              "show the failing cell", file=sys.stderr)
+        print(f"error: notebooks failed: {failed}; the published results were left as they were, and "
+              f"{args.results}/{args.preset}/<notebook>.failed.ipynb shows the failing cell", file=sys.stderr)
         return 1
     return 0
 
@@ -214,12 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(ev)
     ev.add_argument("--artifact", help="artifact path (default: RUN_DIR/model.rgolf)")
     ev.add_argument("--report-only", action="store_true", help="measure an over-budget artifact instead of failing")
+    ev.add_argument("--overwrite-artifact", action="store_true",
+                    help="replace a file at the artifact path even if it is not an artifact (never needed to "
+                    "replace an earlier artifact)")
     ev.add_argument("--name", default="eval", help="results go to RUN_DIR/NAME.json (and NAME.rgolf); "
                     "a variant evaluation of the same run takes its own name (default: eval)")
     ev.set_defaults(func=cmd_eval)
 
     wb = sub.add_parser("workbook", help="execute the notebooks with papermill into results/<preset>/")
-    wb.add_argument("--preset", default="quick", help="smoke | quick | cpu | full (default: quick)")
+    wb.add_argument("--preset", default="quick", help="smoke | quick | cpu (default: quick)")
     wb.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: each notebook's)")
     wb.add_argument("--notebooks", nargs="+", help="names without .ipynb (default: all four)")
     wb.add_argument("--results", default="results", help="results root (default: results)")

@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import typing
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -28,6 +29,10 @@ from .presets import PRESETS, resolve_preset
 
 class ConfigError(ValueError):
     """A config value is unknown, of the wrong type, or out of its allowed range."""
+
+
+class ConfigWarning(UserWarning):
+    """A config file left fields unset, and they took the baseline defaults."""
 
 
 def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
@@ -57,6 +62,9 @@ class DataConfig(_Group):
     val_max_tokens: int = _f(0, "evaluate on the first N val tokens only (0 = the whole split, as scored)", 0)
     seed_offset: bool = _f(False, "start reading train at a token derived from run.seed (sha256 of the seed mod the "
                            "train tokens), so seeds also differ in the data they see; off = the official start at 0")
+    trust_unmanifested: bool = _f(False, "accept a data folder without a manifest.json of `recur data build` (official "
+                                  "FineWeb shards): the tokenizer is then checked by decoding and re-encoding val "
+                                  "documents instead of by the manifest's sha256; never applies to an unfinished build")
 
 
 @dataclass(frozen=True)
@@ -150,10 +158,17 @@ class TrainConfig(_Group):
     val_every: int = _f(0, "validate every N steps (0 = only at the end)", 0, None)
     log_every: int = _f(10, "log a metrics line (and per-group update norms) every N steps", 1, None)
     grad_accum_steps: int = _f(1, "micro-batches per step on each rank (same global batch, less memory)", 1, 1024)
-    ckpt_every: int = _f(0, "write a resumable checkpoint every N steps (0 = at the end and on Ctrl-C only)", 0, None)
+    ckpt_every: int = _f(0, "write a resumable checkpoint every N steps; 0 = auto: whenever 5 minutes of training "
+                         "time (validation excluded) have passed since the last one. Always at the end and on "
+                         "Ctrl-C/SIGTERM; only after steps the divergence monitor finds good", 0, None)
+    diverge_rel_nats: float = _f(1.0, "a smoothed train loss (EMA, ~10-step horizon) more than this many nats above its "
+                                 "running minimum for diverge_patience steps ends the run as diverged (0 = off)",
+                                 0.0, None)
     diverge_loss: float = _f(0.0, "a train loss above this for diverge_patience steps ends the run as diverged "
-                             "(0 = only NaN/inf)", 0.0, None)
-    diverge_patience: int = _f(3, "consecutive steps above diverge_loss before the run counts as diverged", 1, None)
+                             "(0 = off; NaN/inf always ends it)", 0.0, None)
+    diverge_patience: int = _f(50, "consecutive bad steps (by diverge_rel_nats or diverge_loss) before the run counts "
+                               "as diverged; capped at iterations/5 (at least 5) so a short run can diverge",
+                               1, None)
     eval_weights: Literal["auto", "raw", "ema", "swa"] = _f(
         "auto", "weights for final eval/export: auto = SWA if it has snapshots, else EMA if on, else raw")
 
@@ -490,11 +505,28 @@ class Config:
         atomic_write(path, self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Config":
+    def load(cls, path: str | Path, strict: bool = False) -> "Config":
+        """A config from a JSON file. Fields the file does not set take the baseline defaults: named in a
+        ConfigWarning, or refused with strict=True (a config written by an older version lacks newer
+        fields, whose defaults may not be what it ran with)."""
+        path = Path(path)
         try:
-            return cls.from_json(Path(path).read_text())
+            d = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a config is a JSON file, as "
+                              "Config.save or `recur config show --json` write it") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        cfg = cls.from_dict(d)
+        missing = [k for k in all_keys() if k.split(".")[1] not in d.get(k.split(".")[0], {})]
+        if missing and strict:
+            raise ConfigError(f"{path}: {len(missing)} fields are not set ({', '.join(missing[:8])}"
+                              f"{', ...' if len(missing) > 8 else ''}); set them (`recur config show --json` prints a "
+                              "complete config) or load without strict to take the baseline defaults")
+        if missing:
+            warnings.warn(f"{path}: {len(missing)} fields not set take the baseline defaults: {', '.join(missing[:8])}"
+                          f"{', ...' if len(missing) > 8 else ''}", ConfigWarning, stacklevel=2)
+        return cfg
 
     # -- overrides --
     def override(self, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> "Config":

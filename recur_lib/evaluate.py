@@ -235,19 +235,25 @@ def pre_quant_ttt(model: torch.nn.Module, tokens: np.ndarray, cfg: Config, rt: R
 
 
 def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str | Path | None = None,
-                 report_only: bool = False, out_name: str = "eval") -> dict[str, Any]:
+                 report_only: bool = False, out_name: str = "eval", overwrite_artifact: bool = False) -> dict[str, Any]:
     """Evaluate a finished run: float weights (model.pt) and the exported artifact, plain / sliding /
     score-first TTT per cfg.eval (default: the run's config); writes run_dir/<out_name>.json (and the
-    artifact <out_name>.rgolf) and returns it."""
+    artifact <out_name>.rgolf) and returns it. Both targets are checked before any work: a file at the
+    artifact path that is not an artifact is replaced only with overwrite_artifact, and a
+    <out_name>.json that is not an evaluation (config.json, summary.json...) never."""
     import json
 
     from . import device
     from .data import open_data
     from .data.loader import load_tokens, trim_for_eval
-    from .export import export_artifact, load_artifact
+    from .export import check_artifact_target, export_artifact, load_artifact
     from .model import build_model
 
     run_dir = Path(run_dir)
+    art_path = Path(artifact) if artifact else run_dir / ("model.rgolf" if out_name == "eval" else f"{out_name}.rgolf")
+    out_path = run_dir / f"{out_name}.json"
+    check_artifact_target(art_path, overwrite_artifact)
+    _check_eval_target(out_path)
     saved = Config.load(run_dir / "config.json")
     cfg = cfg or saved
     changed = [k for k in cfg.diff(saved) if k.split(".")[0] in ("model", "schedule")]
@@ -265,9 +271,11 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     if e.ttt == "pre_quant":
         model = pre_quant_ttt(model, val, cfg, rt)
         labels["note"] = "pre-quant TTT adapted the weights on the val text that is then scored (#1406)"
-    art_path = Path(artifact) if artifact else run_dir / ("model.rgolf" if out_name == "eval" else f"{out_name}.rgolf")
-    report = export_artifact(model.cpu(), cfg, art_path, report_only=report_only)
+    # one writer: ranks sharing `<path>.tmp` would race each other's os.replace
+    report = export_artifact(model.cpu(), cfg, art_path if rt.is_main else None, report_only=report_only,
+                             overwrite=overwrite_artifact)
     model.to(rt.device)
+    all_reduce_sum(torch.zeros(1, device=rt.device), rt)  # a barrier: read the artifact once rank 0 has written it
     quantized = load_artifact(art_path).to(rt.device)
 
     def suite(m: torch.nn.Module) -> dict[str, Any]:
@@ -288,5 +296,20 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     out["eval_seconds"] = round(time.perf_counter() - t_start, 2)
     out["config"] = cfg.to_dict()
     if rt.is_main:
-        atomic_write(run_dir / f"{out_name}.json", json.dumps(out, indent=2) + "\n")
+        atomic_write(out_path, json.dumps(out, indent=2) + "\n")
     return out
+
+
+def _check_eval_target(path: Path) -> None:
+    """Refuse to write results over a JSON file that holds something else: `--name config` would
+    otherwise replace the run's config.json with an evaluation."""
+    import json
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not (isinstance(old, dict) and "quant_gap_bpb" in old):
+        raise ValueError(f"{path} exists and is not an evaluation result (no quant_gap_bpb); refusing to overwrite "
+                         "it. Choose another --name (out_name) for this evaluation.")

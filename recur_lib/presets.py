@@ -4,7 +4,7 @@
     preset_sources("seed-1096")                # where each of its values comes from
 
 `PRESETS` maps a name to (base preset or None, overrides). The seed presets ("seed-N") follow the
-public pull requests in `SEEDS` (facts in shared/reference/seed-claims.md and parameter-golf.md); each
+public pull requests in `SEEDS` (read from their code, logs and texts on GitHub); each
 of their values says where it comes from: the PR's code (or its training log), the PR's text, or
 assumed where the PR is silent; a key the seed does not set keeps the baseline's value, as its PR
 did. "seed-N-smoke|quick|cpu" are the same shapes scaled down for CPU (`_scaled_seed`), with the

@@ -4,15 +4,28 @@
     metrics.jsonl  a line per step              summary.json   status, bpb, speed, provenance
     ckpt.pt        resumable state              model.pt       the weights evaluation and export use
     eval.json      `recur eval` (and <variant>.json for extra evaluations)
+    train.lock     who trains here: an OS lock held by that process, its pid and host as text
 
 A run ends `finished`, `diverged`, `interrupted` (a checkpoint is kept, `--resume` continues) or
 `failed` (the error is in summary.json). The trainer writes through `RunFolder`; the runner and the
 notebooks only read (`read_summary`, `read_eval`), so they never import the trainer.
+
+One process trains in a folder at a time (`RunLock`), and a job the runner started ends when the
+runner does (`die_with_parent`). Every file is replaced atomically except the two that are appended
+(train.log, metrics.jsonl): a process killed mid-line leaves a torn last line, which `--resume`
+trims away with everything written after the checkpoint.
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
+import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +42,21 @@ RESUME_FIXED_GROUPS = ("model", "schedule", "optim", "quant", "data")
 RESUME_FIXED_FIELDS = ("train.batch_tokens", "train.seq_len", "train.grad_accum_steps")
 
 
+LOCK_NAME = "train.lock"
+# Set by the runner for the jobs it starts: the pid of the process whose death ends the job.
+PARENT_PID_ENV = "RECUR_PARENT_PID"
+
+
 class RunExistsError(RuntimeError):
     """The run folder already holds a run that this call would overwrite."""
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is training in the run folder."""
+
+
+class RunFileError(ValueError):
+    """A file of the run folder cannot be read back (damaged, truncated, or not written by the trainer)."""
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -64,14 +90,114 @@ def git_commit() -> str | None:
         return None
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool) -> bool:
-    """Check what the folder holds; returns True when there is a checkpoint to resume from."""
+class RunLock:
+    """The claim of one process on a run folder: an OS lock (flock) on `train.lock` in the folder, held
+    for the whole run. The kernel drops it when the process ends, however it ends, so a crashed run
+    never blocks its rerun, and nothing has to clean up. The file's text (pid and host) only feeds the
+    message another process gets; it is written in place because the lock lives on the file itself,
+    which is therefore never replaced or deleted."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path) -> "RunLock":
+        """Lock the folder (creating it), or raise RunLockedError naming the process that holds it."""
+        lock = cls(Path(run_dir))
+        lock._fd = lock._take()
+        return lock
+
+    def _take(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid, host = self.owner()
+            who = f"pid {pid}" + (f" on {host}" if host else "") if pid else "another process (its pid is not written yet)"
+            raise RunLockedError(
+                f"{self.path.parent} is in use: {who} is training in it (it holds {self.path}). Wait for it to end, "
+                f"or stop it (kill {pid or 'PID'}: it writes a checkpoint, then --resume continues); two jobs in one "
+                "folder would interleave its files") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return fd
+
+    def owner(self) -> tuple[int | None, str | None]:
+        """(pid, host) of the process that last took the lock, as its file says."""
+        for _ in range(20):  # the owner writes its pid just after it takes the lock: give it a moment
+            try:
+                words = self.path.read_text().split()
+            except OSError:
+                words = []
+            if words and words[0].isdigit():
+                return int(words[0]), (words[1] if len(words) > 1 else None)
+            time.sleep(0.05)
+        return None, None
+
+    def renew(self) -> None:
+        """Lock the folder again at the same path after --force moved the old one (with the old lock
+        file) aside; raises RunLockedError if another process locked the new folder in between."""
+        old = self._fd
+        try:
+            self._fd = self._take()
+        finally:
+            if old is not None:
+                os.close(old)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor drops the flock
+            self._fd = None
+
+
+def die_with_parent() -> None:
+    """When the runner started this process (it sets RECUR_PARENT_PID), end it with SIGTERM once that
+    parent dies: the trainer then writes a checkpoint and stops, instead of training on unobserved and
+    racing a rerun. Linux: PR_SET_PDEATHSIG, kept across exec (and sent when the thread that started
+    us ends: the runner starts and waits for a job in one thread); elsewhere a thread polling the
+    parent pid. Children of this process (torchrun's workers) then follow this one in turn."""
+    want = os.environ.get(PARENT_PID_ENV)
+    if not want or int(want) == os.getpid():  # not started by the runner, or already following it
+        return
+    parent = int(want)
+    if not _kernel_deathsig(signal.SIGTERM):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+    os.environ[PARENT_PID_ENV] = str(os.getpid())
+    if os.getppid() != parent:  # it died before the kernel was told
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _kernel_deathsig(sig: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    PR_SET_PDEATHSIG = 1
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool, lock: RunLock | None = None) -> bool:
+    """Check what the folder holds; returns True when there is a checkpoint to resume from. With a lock
+    (the trainer's), --force locks the fresh folder before anything else can claim it."""
     summary = read_summary(run_dir)
     has_ckpt = (run_dir / "ckpt.pt").exists()
-    if force and run_dir.exists() and any(run_dir.iterdir()):
+    if force and run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         # --force keeps the old run beside the new one rather than deleting a result
         backup = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(backup)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if lock is not None:
+            lock.renew()
         print(f"--force: moved the previous contents of {run_dir} to {backup}", flush=True)
         summary, has_ckpt = None, False
     if summary and summary.get("status") in FINAL_STATUSES and not force:
@@ -82,7 +208,11 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool) -> bo
         raise RunExistsError(f"{run_dir} holds an unfinished run (ckpt.pt); pass --resume to continue it "
                              "or --force to move it aside and start over")
     if resume and (run_dir / "config.json").exists():
-        saved = Config.load(run_dir / "config.json")
+        try:
+            saved = Config.load(run_dir / "config.json")
+        except ConfigError as e:
+            raise RunFileError(f"{e}; --resume needs the run's saved config: restore it, or --force to move the "
+                               "folder aside and start over") from None
         changed = {k: v for k, v in cfg.diff(saved).items() if not k.startswith("run.")}
         fixed = {k for k in changed if k.split(".")[0] in RESUME_FIXED_GROUPS or k in RESUME_FIXED_FIELDS}
         if fixed:
@@ -109,11 +239,11 @@ class RunFolder:
         return self.path / "ckpt.pt"
 
     def log(self, msg: str) -> None:
-        """Print a line and keep it in train.log."""
+        """Keep a line in train.log and print it."""
         if self._log is not None:
-            print(msg, flush=True)
             self._log.write(msg + "\n")
             self._log.flush()
+            _echo(msg)
 
     def close(self) -> None:
         if self._log is not None:
@@ -123,18 +253,39 @@ class RunFolder:
     # -- metrics.jsonl: appended a line per step, so a crash loses at most the line being written --
     def start_metrics(self) -> None:
         if self.main:
-            self.metrics_path.write_text("")
+            atomic_write(self.metrics_path, "")
 
     def append_metrics(self, rec: dict[str, Any]) -> None:
         if self.main:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
-    def trim_metrics(self, step: int) -> None:
-        """Drop the lines an interrupted process wrote after its last checkpoint (at `step`)."""
-        if self.main:
-            lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
-            atomic_write(self.metrics_path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+    def trim_metrics(self, step: int) -> tuple[int, bool]:
+        """Back to the checkpoint at `step`: drop what a stopped process wrote after it (later steps, a
+        final record) and a torn last line (a process killed mid-write). Returns (lines dropped, whether
+        the last was torn). A damaged line before the end is no crash residue and is refused."""
+        if not self.main:
+            return 0, False
+        lines = [ln for ln in self.metrics_path.read_text().split("\n") if ln.strip()] \
+            if self.metrics_path.exists() else []
+        keep, torn = [], False
+        for i, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+                rec_step = rec["step"] if isinstance(rec, dict) else None
+            except ValueError:
+                rec, rec_step = None, None
+            if not isinstance(rec_step, int):
+                if i == len(lines) - 1:
+                    torn = True
+                    break
+                raise RunFileError(
+                    f"{self.metrics_path} line {i + 1} is not a metrics record ({line[:60]!r}); only the last line "
+                    "can be torn by a crash. Delete or mend that line and --resume, or --force to start over")
+            if rec_step <= step and not rec.get("final"):
+                keep.append(line)
+        atomic_write(self.metrics_path, "".join(ln + "\n" for ln in keep))
+        return len(lines) - len(keep), torn
 
     # -- weights and state --
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -142,7 +293,23 @@ class RunFolder:
             atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self, device: torch.device) -> dict[str, Any]:
-        return torch.load(self.checkpoint_path, map_location=device, weights_only=True)
+        """The checkpoint, loaded as data only (weights_only: a checkpoint never runs code)."""
+        path = self.checkpoint_path
+        size = path.stat().st_size if path.exists() else None
+        try:
+            ck = torch.load(path, map_location=device, weights_only=True)
+        except Exception as e:
+            # torch's own message would suggest weights_only=False, which executes whatever the file holds
+            why = ("missing" if size is None else "empty (0 bytes)" if size == 0
+                   else f"{size} bytes, unreadable: {type(e).__name__}")
+            raise RunFileError(f"{path} is {why}: not a checkpoint this trainer wrote, or damaged since. "
+                               "--force moves the folder aside and starts over (or put back an intact "
+                               "ckpt.pt and --resume)") from None
+        missing = [k for k in ("step", "model", "optim", "loader", "rng") if not isinstance(ck, dict) or k not in ck]
+        if missing:
+            raise RunFileError(f"{path} lacks {missing}: not a checkpoint of this trainer. --force moves the folder "
+                               "aside and starts over")
+        return ck
 
     def save_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         if self.main:
@@ -151,3 +318,13 @@ class RunFolder:
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.main:
             atomic_write(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _echo(msg: str) -> None:
+    """Print a line; once nobody reads our output (the runner that started us died), go on silently."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the pending buffer and later prints go nowhere, harmlessly
+        os.close(devnull)

@@ -6,19 +6,23 @@ take steps (`_step`), watch for divergence, validate, checkpoint, and finish (`_
 that evaluation and export use, the final val bpb, summary.json). Every trick is in the model; every
 file is written through the run folder (`rundir.RunFolder`).
 
-A run ends as `finished`, `diverged` (NaN/inf loss, or above train.diverge_loss for
-train.diverge_patience steps: a result, with the last good checkpoint kept), `interrupted` (Ctrl-C:
-a checkpoint is written, `--resume` continues), or `failed` (an error, recorded with its message).
-A resumed run reproduces the uninterrupted run's losses bitwise on CPU.
+A run ends as `finished`, `diverged` (a result, with the last good checkpoint kept: see `watch_loss`),
+`interrupted` (Ctrl-C or SIGTERM: the step under way completes, a checkpoint is written, `--resume`
+continues), or `failed` (an error, recorded with its message). A resumed run reproduces the
+uninterrupted run's losses bitwise on CPU. One process trains in a run folder at a time (it holds the
+folder's lock for the whole run); checkpoints come every train.ckpt_every steps, by default about every
+5 minutes of training.
 """
 from __future__ import annotations
 
 import copy
 import math
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +39,76 @@ from .evaluate import eval_bpb
 from .model import RecurGPT, build_model
 from .optim import Optimizers
 from .quant import set_qat, set_quant_noise
-from .rundir import RunFolder, git_commit, prepare_run_dir, run_dir_for
+from .rundir import RunFolder, RunLock, git_commit, prepare_run_dir, run_dir_for
 from .version import __version__
+
+# train.ckpt_every = 0: a checkpoint once this much training time has passed since the last one.
+AUTO_CKPT_S = 300.0
+# The divergence monitor's smoothing: an EMA with a horizon of about 10 steps. Its running minimum is
+# biased low by noise; at 0.5 nat of per-step noise (5x what the smoke preset shows) the smoothed loss
+# still stays within 0.7 nat of it over 3,000 steps (tested), where a 5-step horizon reaches 1 nat.
+LOSS_EMA_ALPHA = 0.1
+# A rise of the smoothed loss this far above its running minimum counts as a spike (instability
+# statistics); the spike ends when the rise falls back below half of it.
+SPIKE_NATS = 0.5
+
+
+@dataclass(frozen=True)
+class LossWatch:
+    """The divergence monitor's state after some steps: the smoothed train loss, its running minimum,
+    the streak of bad steps, and the run's instability statistics."""
+    ema: float | None = None        # smoothed train loss (None before the first step)
+    floor: float = math.inf         # running minimum of the smoothed loss
+    bad: int = 0                    # consecutive steps meeting a divergence criterion
+    peak_excess: float = 0.0        # largest rise of the smoothed loss above its running minimum
+    spikes: int = 0                 # rises above SPIKE_NATS, each counted once
+    in_spike: bool = False
+
+
+def watch_loss(w: LossWatch, loss: float, rel_nats: float, patience: int,
+               limit: float = 0.0) -> tuple[LossWatch, str | None]:
+    """One step of the divergence monitor (pure): the new state, and why the run has diverged or None.
+
+    A step is bad when the smoothed loss is more than `rel_nats` above its running minimum (0 = off), or
+    the loss itself above `limit` (0 = off); `patience` bad steps in a row are a divergence. A NaN or
+    inf loss is one at once. The relative rule needs no knowledge of the loss scale: a logit softcap
+    bounds the loss of a broken model (no NaN ever comes), and no fixed threshold fits every vocab."""
+    if not math.isfinite(loss):
+        return replace(w, bad=w.bad + 1), f"train loss {loss}"
+    ema = loss if w.ema is None else w.ema + LOSS_EMA_ALPHA * (loss - w.ema)
+    floor = min(w.floor, ema)
+    excess = ema - floor
+    rising = rel_nats > 0 and excess > rel_nats
+    high = limit > 0 and loss > limit
+    bad = w.bad + 1 if (rising or high) else 0
+    in_spike = excess > SPIKE_NATS or (w.in_spike and excess > SPIKE_NATS / 2)
+    new = LossWatch(ema, floor, bad, max(w.peak_excess, excess), w.spikes + int(in_spike and not w.in_spike), in_spike)
+    if bad < patience:
+        return new, None
+    if high:
+        return new, f"train loss above {limit} for {bad} steps"
+    return new, f"smoothed train loss {ema:.3f} more than {rel_nats} nat above its minimum {floor:.3f} for {bad} steps"
+
+
+def diverge_patience(cfg: Config) -> int:
+    """train.diverge_patience, capped at a fifth of a short run (at least 5 steps) so that a short run
+    can diverge before it ends."""
+    t = cfg.train
+    return min(t.diverge_patience, max(5, t.iterations // 5))
 
 
 @dataclass
 class TrainState:
-    """Where a run stands: the scalar part of its checkpoint."""
+    """Where a run stands: the non-tensor part of its checkpoint."""
     step: int = 0
     elapsed: float = 0.0            # seconds spent in training steps (validation excluded)
-    above: int = 0                  # consecutive steps with the loss above train.diverge_loss
     best_val: float = float("inf")
     last_good_step: int = 0         # the step of the last checkpoint written from a good step
+    ckpt_elapsed: float = 0.0       # training time at the last checkpoint (for train.ckpt_every = 0)
+    last_loss: float | None = None  # the last good step's train loss
+    qat: bool = False               # fake quantization on in the last step (and so in validation after it)
+    watch: LossWatch = field(default_factory=LossWatch)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -189,20 +251,32 @@ class Job:
 def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, force: bool = False,
           stop_at_step: int | None = None) -> RunResult:
     """Train per cfg into run_dir (default runs/<run.name>). stop_at_step simulates an interruption
-    (a checkpoint is written and the run is left resumable), for tests and notebooks."""
+    (a checkpoint is written and the run is left resumable), for tests and notebooks. Raises
+    RunLockedError when another process trains in the folder."""
     rt = device.setup(cfg.run)
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
-    can_resume = False
+    can_resume, lock, refusal = False, None, None
     if rt.is_main:
-        can_resume = prepare_run_dir(run_dir, cfg, resume, force)
-        cfg.save(run_dir / "config.json")
-    if rt.distributed:
-        flag = [can_resume]
+        try:
+            lock = RunLock.acquire(run_dir)  # first: what the folder holds is only read under the lock
+            can_resume = prepare_run_dir(run_dir, cfg, resume, force, lock)
+            cfg.save(run_dir / "config.json")
+        except Exception as e:
+            refusal = e
+    if rt.distributed:  # the other ranks learn whether to resume, or that rank 0 refused
+        flag = [can_resume, None if refusal is None else f"{type(refusal).__name__}: {refusal}"]
         dist.broadcast_object_list(flag, src=0)
         can_resume = bool(flag[0])
+        if flag[1] is not None and refusal is None:
+            refusal = RuntimeError(f"rank 0 refused the run: {flag[1]}")
+    if refusal is not None:
+        if lock is not None:
+            lock.release()
+        raise refusal
     run = RunFolder(run_dir, rt.is_main)
     try:
-        return _train(cfg, rt, run, can_resume, stop_at_step)
+        with _StopSignals() as signals:
+            return _train(cfg, rt, run, can_resume, stop_at_step, signals)
     except Exception as e:
         # a crash is recorded as a result too, so a sweep can show it and go on
         run.write_summary({"status": "failed", "error": f"{type(e).__name__}: {e}", "config": cfg.to_dict(),
@@ -211,45 +285,90 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         raise
     finally:
         run.close()
+        if lock is not None:
+            lock.release()
 
 
-def _train(cfg: Config, rt: device.Runtime, run: RunFolder, resume: bool, stop_at_step: int | None) -> RunResult:
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before it kills a job, and what a job the
+    runner started gets when the runner dies) ask the loop to stop at the next step boundary, where the
+    state is whole and a checkpoint can be written; a second signal interrupts at once. Handlers can
+    only be set from the main thread; elsewhere Ctrl-C keeps Python's default."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _train(cfg: Config, rt: device.Runtime, run: RunFolder, resume: bool, stop_at_step: int | None,
+           signals: _StopSignals) -> RunResult:
     t = cfg.train
     job = _setup(cfg, rt, run)
     state = _restore(job) if resume else _start(job)
-    status, reason, last = "finished", "iterations", {}
+    status, reason = "finished", "iterations"
+    patience = diverge_patience(cfg)
     bar = _progress(t.iterations, state.step, rt)
+    whole = True  # False from a step's first change of state until its metrics line is written
     try:
         while state.step < t.iterations:
             if stop_at_step is not None and state.step >= stop_at_step:
                 status, reason = "interrupted", f"stop_at_step {stop_at_step}"
                 break
-            if t.max_wallclock_s and _stop_for_time(state.elapsed, t.max_wallclock_s, rt):
-                reason = "wallclock"
+            stop = _stop_reason(state.elapsed, t.max_wallclock_s, signals, rt)
+            if stop == "wallclock":
+                reason = stop
                 break
+            if stop is not None:
+                status, reason = "interrupted", stop
+                run.log(f"interrupted by {stop} after step {state.step}: writing a checkpoint; continue with --resume")
+                break
+            whole = False
             rec = _step(job, state)
-            diverged = _divergence(rec["train_loss"], state, cfg)
+            state.watch, diverged = watch_loss(state.watch, rec["train_loss"], t.diverge_rel_nats, patience,
+                                               t.diverge_loss)
             if diverged:
                 run.append_metrics(rec)
-                status, reason = "diverged", diverged
-                run.log(f"diverged: {reason}; the last good checkpoint (step {state.last_good_step}) is kept")
+                whole = True
+                status, reason = "diverged", f"{diverged} (step {state.step})"
+                run.log(f"diverged: {reason}; " + (f"the last good checkpoint (step {state.last_good_step}) is kept"
+                                                  if run.checkpoint_path.exists() else "no checkpoint was written"))
                 break
+            _warn_uniform(job, state, at_end=False)
             if t.val_every and state.step % t.val_every == 0 and state.step < t.iterations:
                 rec.update(_validate(job))
                 state.best_val = min(state.best_val, rec["val_bpb"])
             run.append_metrics(rec)
-            last = rec
+            state.last_loss = rec["train_loss"]
+            whole = True
             _report(job, state, rec, bar)
-            if t.ckpt_every and state.step % t.ckpt_every == 0 and state.above == 0:  # only good steps
+            if _checkpoint_due(job, state):
                 _checkpoint(job, state)
-                state.last_good_step = state.step
     except KeyboardInterrupt:
         status, reason = "interrupted", "KeyboardInterrupt"
-        run.log("interrupted: writing a checkpoint; continue with --resume")
+        if whole:
+            run.log("interrupted: writing a checkpoint; continue with --resume")
+        else:
+            run.log(f"interrupted inside step {state.step + 1}: its state is partly updated, so no checkpoint is "
+                    f"written; --resume continues from the last one (step {state.last_good_step})")
     finally:
         if bar is not None:
             bar.close()
-    return _finish(job, state, status, reason, last)
+    return _finish(job, state, status, reason, checkpoint=whole)
 
 
 def _setup(cfg: Config, rt: device.Runtime, run: RunFolder) -> Job:
@@ -313,18 +432,26 @@ def _prime(job: Job) -> None:
 
 
 def _restore(job: Job) -> TrainState:
-    """Continue from ckpt.pt: weights, optimizer and averager state, loader position and RNG."""
+    """Continue from ckpt.pt: weights, optimizer and averager state, loader position, RNG, the
+    divergence monitor; metrics.jsonl goes back to the checkpoint's step."""
     ck = job.run.load_checkpoint(job.rt.device)
     job.model.load_state_dict(ck["model"])
     job.opt.load_state_dict(ck["optim"])
     job.averager.load_state_dict(ck["averager"])
     job.loader.load_state_dict(ck["loader"])
     device.set_rng_state(ck["rng"], job.rt)
-    # the checkpoint itself is the last good state
-    state = TrainState(step=ck["step"], elapsed=ck["elapsed"], above=ck["above"], best_val=ck["best_val"],
-                       last_good_step=ck["step"])
-    job.run.trim_metrics(state.step)
-    job.run.log(f"resumed from step {state.step} ({state.elapsed:.1f} s of training)")
+    saved = {f.name: ck[f.name] for f in fields(TrainState) if f.name in ck}  # older checkpoints lack some
+    if isinstance(saved.get("watch"), dict):
+        saved["watch"] = LossWatch(**saved["watch"])
+    state = TrainState(**saved)
+    state.last_good_step = state.step  # the checkpoint itself is the last good state
+    if state.qat:  # as the last step left the model: a run resumed at its end validates as it would have
+        q = job.cfg.quant
+        set_qat(job.model, q.qat_bits, q.clip_percentile, q.scheme)
+    dropped, torn = job.run.trim_metrics(state.step)
+    job.run.log(f"resumed from step {state.step} ({state.elapsed:.1f} s of training)"
+                + (f"; dropped {dropped} metrics lines written after it" + (", the last one torn" if torn else "")
+                   if dropped else ""))
     return state
 
 
@@ -336,8 +463,8 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     model.repeats_on = state.step >= job.repeat_start
     scale = lr_scale(state.step, state.elapsed, cfg)
     if job.qat_start is not None:
-        on = qat_on(state.step, scale, cfg)
-        set_qat(model, cfg.quant.qat_bits if on else 0, cfg.quant.clip_percentile, cfg.quant.scheme)
+        state.qat = qat_on(state.step, scale, cfg)
+        set_qat(model, cfg.quant.qat_bits if state.qat else 0, cfg.quant.clip_percentile, cfg.quant.scheme)
     opt.set_lr_scale(scale, lora_scale=lora_lr_scale(state.step, cfg))
     opt.set_muon_momentum(muon_momentum(state.step, cfg))
     log_step = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.iterations
@@ -372,15 +499,32 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     return rec
 
 
-def _divergence(train_loss: float, state: TrainState, cfg: Config) -> str | None:
-    """Why the run has diverged after this step's loss, or None (counts the steps above the threshold)."""
-    t = cfg.train
-    state.above = state.above + 1 if (t.diverge_loss and train_loss > t.diverge_loss) else 0
-    if not math.isfinite(train_loss):
-        return f"train loss {train_loss} at step {state.step}"
-    if state.above >= t.diverge_patience:
-        return f"train loss above {t.diverge_loss} for {state.above} steps (step {state.step})"
-    return None
+def _warn_uniform(job: Job, state: TrainState, at_end: bool) -> None:
+    """Record (once) a smoothed loss above ln(vocab), the loss of a uniform guess, in the last 20% of
+    the run or at its end: whatever the monitor says, such a model has learned nothing."""
+    uniform, ema = math.log(job.cfg.model.vocab_size), state.watch.ema
+    late = at_end or state.step >= 0.8 * job.cfg.train.iterations
+    if not late or ema is None or ema <= uniform or any(w.startswith("uniform:") for w in state.warnings):
+        return
+    msg = (f"uniform: at step {state.step} the smoothed train loss {ema:.3f} is above ln(vocab) = {uniform:.3f}, "
+           "the loss of guessing every token uniformly: the model has learned nothing, or lost it")
+    state.warnings.append(msg)
+    job.run.log(f"warning: {msg}")
+
+
+def _checkpoint_due(job: Job, state: TrainState) -> bool:
+    """Only after good steps (the checkpoint is the last good state); every train.ckpt_every steps, or
+    with 0 once AUTO_CKPT_S of training time have passed since the last one (decided by all ranks
+    together, as their clocks differ)."""
+    t = job.cfg.train
+    if state.watch.bad:
+        return False
+    if t.ckpt_every:
+        return state.step % t.ckpt_every == 0
+    due = float(state.elapsed - state.ckpt_elapsed >= AUTO_CKPT_S)
+    if job.rt.distributed:
+        due = device.all_reduce_sum(torch.tensor(due, device=job.rt.device), job.rt).item()
+    return due > 0
 
 
 def _validate(job: Job) -> dict[str, float]:
@@ -389,6 +533,9 @@ def _validate(job: Job) -> dict[str, float]:
 
 
 def _checkpoint(job: Job, state: TrainState) -> None:
+    state.ckpt_elapsed = state.elapsed
+    if state.watch.bad == 0:
+        state.last_good_step = state.step
     if job.rt.is_main:
         job.run.save_checkpoint({**asdict(state), "model": job.model.state_dict(), "optim": job.opt.state_dict(),
                                  "averager": job.averager.state_dict(), "loader": job.loader.state_dict(),
@@ -409,18 +556,23 @@ def _report(job: Job, state: TrainState, rec: dict[str, Any], bar: Any) -> None:
                     f"{tok_s:,.0f} tok/s" + (f" val_bpb {rec['val_bpb']:.4f}" if "val_bpb" in rec else ""))
 
 
-def _finish(job: Job, state: TrainState, status: str, reason: str, last: dict[str, Any]) -> RunResult:
-    """Checkpoint; for a finished run, load the chosen weights (SWA/EMA/raw), validate them and save
-    model.pt; then summary.json."""
+def _finish(job: Job, state: TrainState, status: str, reason: str, checkpoint: bool = True) -> RunResult:
+    """Checkpoint (unless an interrupt tore a step); for a finished run, load the chosen weights
+    (SWA/EMA/raw), validate them and save model.pt; then summary.json."""
     cfg, rt, run, model = job.cfg, job.rt, job.run, job.model
     tokens = state.step * cfg.train.batch_tokens
     summary: dict[str, Any] = {"status": status, "reason": reason, "steps": state.step, "tokens": tokens,
                                "train_time_s": round(state.elapsed, 3),
                                "tokens_per_s": tokens / state.elapsed if state.elapsed else None,
-                               "final_train_loss": last.get("train_loss")}
+                               "final_train_loss": state.last_loss}
     if status == "interrupted":
-        _checkpoint(job, state)
+        if checkpoint:
+            _checkpoint(job, state)
+        # where --resume continues: this checkpoint, or after a torn step the last one (a good step's)
+        summary["checkpoint_step"] = (state.step if checkpoint else state.last_good_step) \
+            if run.checkpoint_path.exists() else None
     elif status == "finished":
+        _warn_uniform(job, state, at_end=True)
         _checkpoint(job, state)
         used, weights = job.averager.choose(cfg.train.eval_weights)
         if weights is not None:
@@ -437,6 +589,10 @@ def _finish(job: Job, state: TrainState, status: str, reason: str, last: dict[st
     else:  # diverged: the last checkpoint (if any) holds the last good weights
         summary.update({"diverged_at_step": state.step, "last_good_step": state.last_good_step,
                         "last_good_checkpoint": run.checkpoint_path.exists()})
+    w = state.watch
+    summary.update({"warnings": list(state.warnings), "smoothed_train_loss": w.ema,
+                    "loss_peak_excess": round(w.peak_excess, 6), "loss_spikes": w.spikes,
+                    "diverge_patience": diverge_patience(cfg)})
     summary.update({"best_val_bpb": state.best_val if math.isfinite(state.best_val) else None,
                     "world_size": rt.world_size, "threads": torch.get_num_threads(), "device": str(rt.device),
                     "dtype": str(rt.dtype).replace("torch.", ""), "torch": torch.__version__, "recur_lib": __version__,
@@ -454,9 +610,16 @@ def _rms_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
     return math.sqrt(sq / max(n, 1))
 
 
-def _stop_for_time(elapsed: float, cap: float, rt: device.Runtime) -> bool:
-    flag = torch.tensor(float(elapsed >= cap), device=rt.device)
-    return bool(device.all_reduce_sum(flag, rt).item() > 0)  # all ranks stop on the same step
+def _stop_reason(elapsed: float, cap: float, signals: _StopSignals, rt: device.Runtime) -> str | None:
+    """Why to stop before the next step (wallclock, or a stop signal's name), or None. All ranks stop on
+    the same step: a rank that stopped alone would leave the others waiting in a collective."""
+    time_up, signalled = float(bool(cap) and elapsed >= cap), float(signals.received is not None)
+    if rt.distributed:
+        flags = device.all_reduce_sum(torch.tensor([time_up, signalled], device=rt.device), rt).tolist()
+        time_up, signalled = flags
+    if signalled:
+        return signals.received or "a signal to another rank"
+    return "wallclock" if time_up else None
 
 
 def _progress(total: int, start: int, rt: device.Runtime) -> Any:

@@ -93,3 +93,20 @@ def test_bpb_formula() -> None:
     assert bpb(math.log(2) * 300, 200) == pytest.approx(1.5)
     with pytest.raises(ValueError):
         bpb(1.0, 0)
+
+
+@pytest.mark.parametrize("tokens", [[], [BOS_ID], [BOS_ID, BOS_ID, BOS_ID]])
+def test_an_empty_split_fails_the_audit(sp, tokens: list[int]) -> None:
+    """No text means no bpb: 0 counted bytes = 0 decoded bytes must not read as OK."""
+    report = audit_tokens(np.array(tokens, dtype=np.int64), sp, build_byte_tables(sp))
+    assert report.empty and not report.ok
+    assert "FAILED: the split holds no text" in report.summary() and "data.val_glob" in report.summary()
+
+
+def test_roundtrip_skips_a_document_cut_at_the_start(sp) -> None:
+    from recur_lib.data.bpb import roundtrip_tokens
+    toks = np.concatenate(encode_documents(sp, ["a first document", "naïve café 日本語 🙂", "12345 digits"]))
+    rt = roundtrip_tokens(toks, sp)
+    assert rt.ok and rt.n_docs == rt.n_same == 3
+    assert roundtrip_tokens(toks[2:], sp).n_docs == 2  # the cut first document is not a document
+    assert not roundtrip_tokens(np.zeros(0, dtype=np.int64), sp).ok  # nothing compared proves nothing

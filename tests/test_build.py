@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recur_lib.data.corpus.build import BuildOptions, build, is_finished, source_mix
+from recur_lib.cli import main
+from recur_lib.data.corpus.build import BuildOptions, build, build_inputs, is_finished, source_mix
 from recur_lib.data.corpus.sources import (CorpusError, doc_source, fetch_debs, is_val, mixed_order, sha256_file,
-                                           text_dir_documents)
+                                           text_dir_documents, text_file_problem)
 from recur_lib.data.loader import load_tokens
 from recur_lib.data.tokenizer import BOS_ID, load_tokenizer
 
-from conftest import TINY_VOCAB, make_text_dir
+from conftest import TINY_BUILD, TINY_VOCAB, make_text_dir
 
 
 def test_manifest_describes_the_build(tiny_data: Path) -> None:
@@ -37,11 +38,129 @@ def test_rebuild_is_byte_identical(tmp_path: Path, tiny_text_dir: Path, tiny_dat
         assert sha256_file(out / f.name) == sha256_file(f), f.name
 
 
-def test_finished_build_is_reused(tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_finished_build_is_reused(tiny_data: Path, tiny_text_dir: Path, capsys: pytest.CaptureFixture) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in tiny_data.glob("*.bin")}
-    build(BuildOptions(out=tiny_data, vocab_size=TINY_VOCAB))
+    build(BuildOptions(out=tiny_data, text_dir=tiny_text_dir, **TINY_BUILD))
     assert "nothing to do" in capsys.readouterr().out
     assert before == {p.name: p.stat().st_mtime_ns for p in tiny_data.glob("*.bin")}
+
+
+def _rebuilt_with(tmp_path: Path, tiny_data: Path, **changed) -> tuple[dict, str]:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data, copy)
+    opts = {"text_dir": json.loads((tiny_data / "manifest.json").read_text())["inputs"]["text_dir"], **TINY_BUILD}
+    opts.update(changed)
+    return build(BuildOptions(out=copy, **{**opts, "text_dir": Path(opts["text_dir"])})), copy
+
+
+@pytest.mark.parametrize("changed", ["text_dir", "text_content", "vocab_size", "val_permille", "shard_tokens",
+                                     "tokenizer_max_bytes"])
+def test_a_finished_build_with_other_inputs_is_rebuilt(tmp_path: Path, tiny_text_dir: Path, tiny_data: Path,
+                                                       changed: str, capsys: pytest.CaptureFixture) -> None:
+    """Each input the build depends on, changed against a finished build: never "nothing to do"."""
+    texts = tmp_path / "texts"
+    shutil.copytree(tiny_text_dir, texts)
+    if changed == "text_content":  # same folder as the build's, one file edited
+        copy = tmp_path / "copy"
+        build(BuildOptions(out=copy, text_dir=texts, **TINY_BUILD))
+        capsys.readouterr()
+        f = sorted(texts.glob("*.txt"))[0]
+        f.write_text(f.read_text() + "One more sentence about the loop.\n")
+        m = build(BuildOptions(out=copy, text_dir=texts, **TINY_BUILD))
+    else:
+        value = {"text_dir": texts, "vocab_size": 420, "val_permille": 100, "shard_tokens": 5000,
+                 "tokenizer_max_bytes": 20_000}[changed]
+        m, copy = _rebuilt_with(tmp_path, tiny_data, **{changed: value})
+        assert m["inputs"][changed] == (str(value) if changed == "text_dir" else value)
+    out = capsys.readouterr().out
+    assert "nothing to do" not in out and "rebuilding" in out
+    assert is_finished(copy) and m == json.loads((copy / "manifest.json").read_text())
+    if changed in ("text_content", "vocab_size", "val_permille", "tokenizer_max_bytes"):
+        assert m["tokenizer"]["sha256"] != json.loads((tiny_data / "manifest.json").read_text())["tokenizer"]["sha256"]
+
+
+def test_a_build_without_recorded_inputs_is_rebuilt_once(tmp_path: Path, tiny_text_dir: Path, tiny_data: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A finished build made before builds recorded their inputs cannot show it matches: it is rebuilt
+    (to the same bytes), and reused from then on."""
+    copy = tmp_path / "legacy"
+    shutil.copytree(tiny_data, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    del m["inputs"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    (copy / "docs" / "tokenizer.json").unlink()
+    opts = BuildOptions(out=copy, text_dir=tiny_text_dir, **TINY_BUILD)
+    build(opts)
+    assert "records no inputs" in capsys.readouterr().out
+    for f in sorted(tiny_data.glob("*.bin")) + [tiny_data / "tokenizer.model"]:
+        assert sha256_file(copy / f.name) == sha256_file(f), f.name
+    build(opts)
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_an_interrupted_build_resumed_with_other_inputs_redoes_the_stages(tmp_path: Path, tiny_text_dir: Path,
+                                                                          tiny_data: Path) -> None:
+    """No manifest (interrupted after the tokenizer): a resume with another tokenizer byte budget must not
+    reuse the tokenizer, one with another split must not reuse the documents."""
+    tok_sha = sha256_file(tiny_data / "tokenizer.model")
+    part = tmp_path / "part"
+    shutil.copytree(tiny_data, part)
+    (part / "manifest.json").unlink()
+    m = build(BuildOptions(out=part, text_dir=tiny_text_dir, **{**TINY_BUILD, "tokenizer_max_bytes": 20_000}))
+    assert m["tokenizer"]["sha256"] != tok_sha and m["inputs"]["tokenizer_max_bytes"] == 20_000
+    (part / "manifest.json").unlink()
+    m = build(BuildOptions(out=part, text_dir=tiny_text_dir, **{**TINY_BUILD, "val_permille": 100}))
+    assert json.loads((part / "docs" / "documents.json").read_text())["inputs"]["val_permille"] == 100
+    assert m["splits"]["val"]["docs"] < json.loads((tiny_data / "manifest.json").read_text())["splits"]["val"]["docs"]
+    (part / "manifest.json").unlink()
+    build(BuildOptions(out=part, text_dir=tiny_text_dir, **TINY_BUILD))  # back to the original inputs
+    for f in sorted(tiny_data.glob("*.bin")) + [tiny_data / "tokenizer.model"]:
+        assert sha256_file(part / f.name) == sha256_file(f), f.name
+
+
+def test_manifest_records_the_inputs_and_the_tokenizer_hash(tiny_data: Path, tiny_text_dir: Path) -> None:
+    m = json.loads((tiny_data / "manifest.json").read_text())
+    assert m["tokenizer"]["sha256"] == sha256_file(tiny_data / "tokenizer.model")
+    assert m["inputs"] == build_inputs(BuildOptions(out=tiny_data, text_dir=tiny_text_dir, **TINY_BUILD))
+    assert m["skipped"] == {}
+
+
+def test_binary_and_non_utf8_files_are_skipped_and_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    texts = make_text_dir(tmp_path / "t", n_docs=30)
+    (texts / "image.txt").write_bytes(bytes(range(256)) * 8)                      # binary: NUL bytes
+    (texts / "latin1.txt").write_bytes(("Café naïve façade " * 40).encode("latin-1"))  # not UTF-8
+    (texts / "wide.txt").write_bytes(("A UTF-16 text file. " * 40).encode("utf-16"))    # not UTF-8 (BOM)
+    out = tmp_path / "o"
+    assert main(["data", "build", "--out", str(out), "--text-dir", str(texts), "--vocab-size", str(TINY_VOCAB),
+                 "--val-permille", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 3 --text-dir files" in printed and "1 binary (image.txt)" in printed
+    assert "2 not UTF-8 (latin1.txt, wide.txt)" in printed
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["skipped"] == {"binary": {"count": 1, "files": ["image.txt"]},
+                            "not_utf8": {"count": 2, "files": ["latin1.txt", "wide.txt"]}}
+    ids = [i for split in ("train", "val") for i in json.loads((out / "docs" / f"{split}_ids.json").read_text())]
+    assert len(ids) == 30 and not any(i.endswith(("image.txt", "latin1.txt", "wide.txt")) for i in ids)
+    assert main(["data", "build", "--out", str(out), "--text-dir", str(texts), "--vocab-size", str(TINY_VOCAB),
+                 "--val-permille", "200"]) == 0  # reused: the skip is still reported
+    assert "nothing to do" in (printed := capsys.readouterr().out) and "skipped 3 --text-dir files" in printed
+
+
+def test_a_text_dir_of_only_unreadable_files_says_so(tmp_path: Path) -> None:
+    texts = tmp_path / "t"
+    texts.mkdir()
+    for i in range(3):
+        (texts / f"{i}.txt").write_bytes(b"\x00\x01binary" * 100)
+    with pytest.raises(CorpusError, match="too small to split.*skipped 3 --text-dir files: 3 binary"):
+        build(BuildOptions(out=tmp_path / "o", text_dir=texts, vocab_size=TINY_VOCAB))
+
+
+def test_text_file_problem() -> None:
+    assert text_file_problem("naïve 日本語 🙂\n".encode()) is None
+    assert text_file_problem(b"\xef\xbb\xbfwith a UTF-8 BOM") is None
+    assert text_file_problem(b"plain\x00binary") == "binary"
+    assert text_file_problem("café".encode("latin-1")) == "not_utf8"
+    assert text_file_problem("text".encode("utf-16")) == "not_utf8"
 
 
 def test_partial_or_damaged_build_is_not_finished(tmp_path: Path, tiny_data: Path) -> None:

@@ -148,3 +148,36 @@ def test_every_seed_value_has_a_source() -> None:
         assert set(sources) == set(PRESETS[seed.preset][1]), seed.preset
         assert set(sources.values()) <= {"PR code", "PR text", "assumed"}
     assert preset_sources("quick") == {} and preset_sources("seed-341-cpu") == preset_sources("seed-341")
+
+
+def test_readme_lists_every_seed_value_with_its_source() -> None:
+    from pathlib import Path
+
+    from recur_lib.presets import sources_markdown
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- seed-sources:start -->\n")[1].split("\n<!-- seed-sources:end -->")[0]
+    assert block == sources_markdown()
+
+
+def test_a_config_file_with_missing_fields_names_them_or_is_refused(tmp_path) -> None:
+    from recur_lib.config import ConfigWarning
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"model": {"dim": 128}}))
+    with pytest.warns(ConfigWarning, match=r"partial\.json: \d+ fields not set take the baseline defaults: data\.root"):
+        cfg = Config.load(path)
+    assert cfg.model.dim == 128 and cfg.train == Config().train
+    with pytest.raises(ConfigError, match=r"partial\.json: \d+ fields are not set"):
+        Config.load(path, strict=True)
+    full = tmp_path / "full.json"
+    Config().save(full)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Config.load(full, strict=True) == Config()
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"model": {"dim": 128}, "run": {"name": "caf\u00e9"}}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.json: not UTF-8 text"):
+        Config.load(path)

@@ -167,3 +167,35 @@ def test_cli_eval(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert "sliding" in out and "quant gap" in out and (tmp_path / "c" / "eval.json").exists()
     assert main(["eval", str(tmp_path / "c"), "--set", "quant.budget_bytes=1000"]) == 2
     assert "over the 1,000-byte budget" in capsys.readouterr().err
+
+
+def test_cli_eval_never_overwrites_what_it_should_not(tiny_data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """An over-budget export leaves the previous artifact and eval.json as they were; --artifact never
+    replaces a file that is not an artifact (unless --overwrite-artifact); --name never replaces a run file."""
+    from recur_lib.cli import main
+    from recur_lib.export import read_artifact
+    from recur_lib.train import train
+    cfg = Config.from_name("smoke", {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB,
+                                     "run.out_dir": str(tmp_path), "run.name": "w", "train.iterations": 2})
+    train(cfg)
+    run = tmp_path / "w"
+    assert main(["eval", str(run)]) == 0
+    artifact, results = (run / "model.rgolf").read_bytes(), (run / "eval.json").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--set", "quant.budget_bytes=1000"]) == 2
+    assert f"Nothing was written; {run / 'model.rgolf'} is unchanged" in capsys.readouterr().err
+    assert (run / "model.rgolf").read_bytes() == artifact and (run / "eval.json").read_text() == results
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    assert main(["eval", str(run), "--artifact", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert f"{notes} exists and is not a recur-golf artifact" in err and "--overwrite-artifact" in err
+    assert notes.read_text() == "keep me"
+    assert main(["eval", str(run), "--artifact", str(notes), "--overwrite-artifact", "--name", "v"]) == 0
+    read_artifact(notes)
+    config = (run / "config.json").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--name", "config"]) == 2
+    assert "config.json exists and is not an evaluation result" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == config and not (run / "config.rgolf").exists()

@@ -119,3 +119,12 @@ def test_code_version_follows_only_the_computing_modules(tmp_path: Path, edited:
     with open(copy / edited, "a") as f:
         f.write("\n# an edited comment\n")
     assert (code_version(copy) != before) == changes
+
+
+def test_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    missing = [f.relative_to(PACKAGE).as_posix() for f in sorted(PACKAGE.rglob("*.py"))
+               if f.name != "__init__.py" and f.name not in layout]
+    assert not missing, f"README Layout does not name {missing}"
+    assert all(f"{d}/" in layout for d in ("data", "corpus", "model", "lab"))

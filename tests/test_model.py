@@ -495,3 +495,13 @@ def test_new_parameters_are_routed_and_kept_in_fp32_and_described() -> None:
     for label in ("xsa(last 2 loops)", "output_norm(core)", "birkhoff_mix(core)", "step_scales(clamp 4)",
                   "leaky_relu2", "partial_rope(4)", "ln_scale"):
         assert label in text, label
+
+
+def test_readme_describes_the_seed_presets_as_the_code_does() -> None:
+    """The README's `recur model describe` listing is what the code prints today."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ("pg-baseline", "seed-927", "seed-1406", "seed-341", "seed-1096"):
+        with torch.device("meta"):
+            text = build_model(Config.from_name(name)).describe()
+        assert f"### {name}\n{text}\n" in readme, name

@@ -83,3 +83,27 @@ def test_loop_table(workbook: Path) -> None:
     assert finite(t["final_val_bpb"])
     d = pd.read_csv(workbook / "30_loop_scaling_depth.csv")
     assert set(d["eval_loops"] - d["trained_loops"]) == {0, 1, 2} and finite(d["float_bpb"])
+
+
+def test_a_failing_notebook_leaves_published_results_alone(tiny_data: Path, tmp_path: Path) -> None:
+    """The failure is reported with the cell's own exception, kept as <name>.failed.ipynb, and the
+    published notebook and table stay as they were."""
+    published = tmp_path / "smoke"
+    published.mkdir()
+    (published / "00_quickstart.ipynb").write_text("published notebook")
+    (published / "00_quickstart.csv").write_text("published table")
+    report = run_workbook("smoke", ("00_quickstart",), str(tmp_path), {
+        "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB, "model.dim": 3}}, html=False)
+    assert report[0]["status"] == "failed"
+    assert "ConfigError" in report[0]["error"] and "model.dim = 3" in report[0]["error"]
+    assert (published / "00_quickstart.ipynb").read_text() == "published notebook"
+    assert (published / "00_quickstart.csv").read_text() == "published table"
+    assert (published / "00_quickstart.failed.ipynb").exists()
+    assert not list(published.glob(".staging-*"))
+    entry = json.loads((published / "workbook.json").read_text())[0]
+    assert entry["status"] == "unpublished" and entry["last_failure"]["status"] == "failed"
+
+
+def test_workbook_presets_are_the_cpu_sizes() -> None:
+    with pytest.raises(ValueError, match="recur train --preset seed-927"):
+        run_workbook("full", ("00_quickstart",))

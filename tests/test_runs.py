@@ -1,8 +1,13 @@
-"""The runner: content-addressed ids, reuse, resume, force, and sweeps that record crashing, diverging
-and invalid arms as rows while the other arms go on."""
+"""The runner: content-addressed ids, reuse, resume, force, sweeps that record crashing, diverging
+and invalid arms as rows while the other arms go on, and jobs that end with the runner."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +106,136 @@ def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_da
     mtime = saved.stat().st_mtime_ns
     again = evaluate_variants(df, variants[:1], quiet=True)
     assert again["quant_gap"].tolist() == ok["quant_gap"].tolist() and saved.stat().st_mtime_ns == mtime  # reused
+
+
+# -- a job ends with its runner ------------------------------------------------------------------------
+
+RUNNER = """
+import sys
+from recur_lib import Config
+from recur_lib.lab.runs import launch
+launch(Config.load(sys.argv[1]), sys.argv[2], nproc=int(sys.argv[3]), evaluate=False, quiet=True)
+"""
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def _descendants(pid: int) -> list[int]:
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie (a reparented child may wait for a reaper that never comes)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _train_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    out = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if "train_loss" in rec:
+            out.append(rec["step"])
+    return out
+
+
+def _kill_runner_mid_run(cfg: Config, runs: Path, nproc: int, expect_jobs: int) -> Path:
+    """Start a runner process that launches cfg, SIGKILL it once training is under way, and check that
+    every process it started (the job; under torchrun, torchrun and its workers) ends within seconds.
+    Returns the run folder."""
+    cfg.save(runs / "cfg.json")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(runs / "cfg.json"), str(runs), str(nproc)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs: list[int] = []
+    try:
+        _wait_for(lambda: any(runs.glob("t-*/metrics.jsonl")) and
+                  len(_train_steps(next(runs.glob("t-*")))) >= 3, 120, "the job's first steps")
+        run_dir = next(runs.glob("t-*"))
+        jobs = _descendants(runner.pid)
+        assert len(jobs) >= expect_jobs, jobs
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        _wait_for(lambda: not any(_alive(p) for p in jobs), 30, f"the jobs {jobs} to end after their runner")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        for p in jobs:  # nothing may outlive the test, whatever it found
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+    return run_dir
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_job_ends_with_its_runner_and_the_rerun_resumes(tiny_data: Path, tmp_path: Path) -> None:
+    """A notebook or sweep killed with SIGKILL: its training job gets SIGTERM, writes a checkpoint and
+    ends; the rerun resumes, so every step is trained and logged exactly once."""
+    cfg = base(tiny_data, **{"train.iterations": 100, "train.log_every": 50})
+    run_dir = _kill_runner_mid_run(cfg, tmp_path, nproc=1, expect_jobs=1)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert (s["status"], s["reason"]) == ("interrupted", "SIGTERM") and s["steps"] < 100
+    lines = len(_train_steps(run_dir))
+    time.sleep(1.0)
+    assert len(_train_steps(run_dir)) == lines  # nobody trains on
+    rec = launch(cfg, tmp_path, quiet=True, evaluate=False)
+    assert rec.status == "finished" and rec.run_dir == run_dir
+    assert _train_steps(run_dir) == list(range(1, 101))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_torchrun_and_its_workers_end_with_the_runner(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = base(tiny_data, **{"train.iterations": 2000, "train.log_every": 100})
+    run_dir = _kill_runner_mid_run(cfg, tmp_path, nproc=2, expect_jobs=3)  # torchrun + 2 workers
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["world_size"] == 2
+    assert _train_steps(run_dir) == list(range(1, s["steps"] + 1))
+
+
+def test_a_job_refused_for_a_busy_folder_says_why(tiny_data: Path, tmp_path: Path) -> None:
+    """The runner's record of a job that another process's lock refused carries the refusal."""
+    from recur_lib.rundir import RunLock
+    cfg = base(tiny_data)
+    run_dir = tmp_path / f"t-{run_id(cfg.override({'run.nproc': 1}))}"
+    lock = RunLock.acquire(run_dir)
+    try:
+        rec = launch(cfg, tmp_path, quiet=True, evaluate=False)
+    finally:
+        lock.release()
+    assert rec.status == "failed" and f"pid {os.getpid()}" in rec.row()["error"]
+
+
+def test_load_metrics_leaves_out_a_torn_last_line(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train_loss": 5.0}\n{"step": 2, "train_lo')
+    assert load_metrics(tmp_path)["step"].tolist() == [1]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1\n{"step": 2, "train_loss": 5.0}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl: line 1"):
+        load_metrics(tmp_path)

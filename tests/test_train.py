@@ -1,12 +1,16 @@
-"""Training jobs: outputs, bitwise resume, interruption, divergence, refusals, schedules, and
-1 process vs 2 processes (torchrun, gloo) giving the same loss curve."""
+"""Training jobs: outputs, bitwise resume, interruption (Ctrl-C, SIGTERM), divergence and its monitor,
+one owner per run folder, damaged run files, refusals, schedules, and 1 process vs 2 processes
+(torchrun, gloo) giving the same loss curve."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +20,8 @@ from recur_lib import Config, build_model
 from recur_lib.data.loader import DistributedTokenLoader
 from recur_lib.data.shards import ShardError
 from recur_lib.data.tokenizer import TokenizerError
-from recur_lib.rundir import RunExistsError
-from recur_lib.train import WeightAverager, lr_scale, muon_momentum, train
+from recur_lib.rundir import RunExistsError, RunFileError, RunLock, RunLockedError
+from recur_lib.train import LossWatch, WeightAverager, lr_scale, muon_momentum, train, watch_loss
 
 from conftest import TINY_VOCAB
 
@@ -110,22 +114,85 @@ def test_crash_after_a_checkpoint_resumes_from_it(tiny_data: Path, tmp_path: Pat
     assert losses(resumed.run_dir) == losses(straight.run_dir)
 
 
-def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = cfg_for(tiny_data, tmp_path, "ctrlc", iterations=6)
+def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_data: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SIGINT in the middle of step 4: the step completes, a checkpoint of step 4 is written, and
+    the resumed run computes what the uninterrupted one does."""
+    straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=6, **RICH))
+    cfg = cfg_for(tiny_data, tmp_path, "ctrlc", iterations=6, **RICH)
     real = DistributedTokenLoader.next_batch
     calls = {"n": 0}
 
     def interrupt(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 4:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return real(self, *a, **k)
 
     monkeypatch.setattr(DistributedTokenLoader, "next_batch", interrupt)
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     r = train(cfg)
-    assert r.status == "interrupted" and r.summary["steps"] == 3
+    assert (r.status, r.summary["reason"], r.summary["steps"], r.summary["checkpoint_step"]) == \
+        ("interrupted", "SIGINT", 4, 4)
+    assert torch.load(r.run_dir / "ckpt.pt", weights_only=True)["step"] == 4
     monkeypatch.setattr(DistributedTokenLoader, "next_batch", real)
-    assert train(cfg, resume=True).summary["steps"] == 6
+    resumed = train(cfg, resume=True)
+    assert losses(resumed.run_dir) == losses(straight.run_dir)
+    assert signal.getsignal(signal.SIGINT) is before  # handlers given back
+
+
+def test_an_interrupt_that_tears_a_step_writes_no_checkpoint(tiny_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt raised inside a step (a second Ctrl-C) leaves a partly updated state: it is
+    not saved; the run stays resumable from the last checkpoint, and the resume is still bitwise."""
+    straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=8, **RICH))
+    cfg = cfg_for(tiny_data, tmp_path, "torn", iterations=8, **{**RICH, "train.ckpt_every": 3})
+    from recur_lib.optim import Optimizers
+    real = Optimizers.step
+    calls = {"n": 0}
+
+    def torn(self, *a, **k):  # dies in step 5's update, after the weights of some groups moved
+        calls["n"] += 1
+        real(self, *a, **k)
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Optimizers, "step", torn)
+    r = train(cfg)
+    assert r.status == "interrupted" and r.summary["checkpoint_step"] == 3
+    assert torch.load(r.run_dir / "ckpt.pt", weights_only=True)["step"] == 3
+    assert "no checkpoint is written" in (r.run_dir / "train.log").read_text()
+    monkeypatch.setattr(Optimizers, "step", real)
+    assert losses(train(cfg, resume=True).run_dir) == losses(straight.run_dir)
+
+
+def test_automatic_checkpoints_follow_training_time(tiny_data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.ckpt_every = 0 (the default) writes a checkpoint whenever AUTO_CKPT_S of training time have
+    passed since the last one, so a crash loses minutes, not the run."""
+    import recur_lib.train as trainer
+    from dataclasses import fields
+    help_text = {f.name: f.metadata["help"] for f in fields(type(Config().train))}["ckpt_every"]
+    assert Config().train.ckpt_every == 0 and "0 = auto" in help_text and "5 minutes" in help_text
+    monkeypatch.setattr(trainer, "AUTO_CKPT_S", 1e-9)  # every step: each takes more than a nanosecond
+    cfg = cfg_for(tiny_data, tmp_path, "auto", iterations=6)
+    real = DistributedTokenLoader.next_batch
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(DistributedTokenLoader, "next_batch", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    assert torch.load(tmp_path / "auto" / "ckpt.pt", weights_only=True)["step"] == 4
+    monkeypatch.setattr(trainer, "AUTO_CKPT_S", 300.0)
+    monkeypatch.setattr(DistributedTokenLoader, "next_batch", real)
+    r = train(cfg, resume=True)
+    assert r.status == "finished" and "resumed from step 4" in (r.run_dir / "train.log").read_text()
 
 
 def test_divergence_is_a_result_with_the_last_good_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
@@ -139,6 +206,153 @@ def test_divergence_is_a_result_with_the_last_good_checkpoint(tiny_data: Path, t
     assert ck["step"] == good and losses(r.run_dir)[good - 1] <= 10.0
     with pytest.raises(RunExistsError, match="diverged run"):
         train(cfg_for(tiny_data, tmp_path, "hot", iterations=20, **hot))
+
+
+def _scan(series, rel: float = 1.0, patience: int = 10, limit: float = 0.0):
+    """Feed a loss series through the monitor: (final state, step it diverged at or None, reason)."""
+    w = LossWatch()
+    for step, loss in enumerate(series, 1):
+        w, why = watch_loss(w, loss, rel, patience, limit)
+        if why:
+            return w, step, why
+    return w, None, None
+
+
+def test_monitor_catches_a_rising_loss() -> None:
+    """Falls from 7 to 3 in 100 steps, then climbs 0.05 nat a step: diverged once the smoothed loss has
+    stayed more than 1 nat above its minimum for `patience` steps, and not before the climb."""
+    fall = [7 - 4 * i / 100 for i in range(100)]
+    climb = [3 + 0.05 * i for i in range(1, 200)]
+    w, at, why = _scan(fall + climb, patience=20)
+    # the smoothed loss lags a climb of 0.05 nat/step by 0.05 / alpha = 0.5 nat: 1 nat up ~30 steps in, + 20
+    assert at is not None and 100 + 25 + 20 <= at <= 100 + 40 + 20, at
+    assert "nat above its minimum" in why and w.bad == 20
+    assert _scan(fall, patience=20)[1] is None
+
+
+def test_monitor_counts_spikes_it_recovers_from() -> None:
+    """Two one-step spikes on a flat loss: not a divergence; counted, with the peak smoothed rise (a
+    jump of 8 nats moves a 10-step EMA by 0.8); a small one (3 nats: 0.3) is no spike."""
+    series = [3.0] * 150
+    series[30], series[80], series[120] = 11.0, 9.0, 6.0
+    w, at, _ = _scan(series, patience=20)
+    assert at is None and w.spikes == 2 and w.peak_excess == pytest.approx(0.8)
+    assert _scan([3.0] * 100)[0].spikes == 0
+
+
+def test_monitor_leaves_a_noisy_but_healthy_run_alone() -> None:
+    """Gaussian noise around a slowly falling curve, 3,000 steps: at 0.25 nat per step (3x the smoke
+    preset's) no spike is counted; at 0.5 nat still no divergence."""
+    for sigma, peak, spikes in ((0.25, 0.5, 0), (0.5, 0.75, 10)):
+        rng = random.Random(0)
+        series = [4 - 1.5 * i / 3000 + rng.gauss(0, sigma) for i in range(3000)]
+        w, at, _ = _scan(series, patience=50)
+        assert at is None and w.bad == 0 and w.peak_excess < peak and w.spikes <= spikes, (sigma, w)
+
+
+def test_monitor_stops_at_nan_or_inf_and_keeps_the_absolute_limit() -> None:
+    for bad in (float("nan"), float("inf")):
+        _, at, why = _scan([5.0, 4.0, bad, 3.0])
+        assert at == 3 and str(bad) in why
+    _, at, why = _scan([5.0, 12.0, 12.0, 12.0, 4.0], rel=0.0, patience=3, limit=10.0)
+    assert at == 4 and "above 10.0 for 3 steps" in why
+    assert _scan([5.0, 12.0, 12.0, 4.0, 12.0], rel=0.0, patience=3, limit=10.0)[1] is None  # not consecutive
+
+
+def _offset_forward(monkeypatch: pytest.MonkeyPatch, offset) -> None:
+    """Add offset(n) (n = the forward call, from 1) to the loss the model reports: a constant changes
+    no gradient, so training goes on as before while the loss the monitor sees is what the test wants."""
+    from recur_lib.model.gpt import RecurGPT
+    real, calls = RecurGPT.forward, {"n": 0}
+
+    def forward(self, *a, **k):
+        calls["n"] += 1
+        return real(self, *a, **k) + offset(calls["n"])
+
+    monkeypatch.setattr(RecurGPT, "forward", forward)
+
+
+def test_a_run_whose_loss_climbs_diverges_by_default(tiny_data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """No train.diverge_loss set (the default): a loss that climbs 0.5 nat a step from step 10 on (as
+    with a logit softcap, no NaN ever comes) ends the run as diverged, not finished."""
+    _offset_forward(monkeypatch, lambda n: 0.5 * max(0, n - 10))
+    cfg = cfg_for(tiny_data, tmp_path, "climb", iterations=60, **{"train.ckpt_every": 5})
+    assert cfg.train.diverge_loss == 0.0
+    r = train(cfg)
+    assert r.status == "diverged" and "nat above its minimum" in r.summary["reason"]
+    assert 15 < r.summary["diverged_at_step"] < 40 and r.summary["diverge_patience"] == 12  # 60 steps: capped
+    assert r.summary["last_good_step"] <= 15 and r.summary["loss_peak_excess"] > 1.0
+
+
+def test_instability_statistics_and_the_uniform_level_warning(tiny_data: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-step jump of 8 nats is a spike in summary.json, not a divergence; a loss above ln(vocab)
+    late in the run is a warning there."""
+    _offset_forward(monkeypatch, lambda n: 8.0 if n == 8 else 0.0)
+    r = train(cfg_for(tiny_data, tmp_path, "spike", iterations=20))
+    assert r.status == "finished" and r.summary["loss_spikes"] == 1 and r.summary["loss_peak_excess"] > 0.5
+    assert r.summary["warnings"] == []
+    _offset_forward(monkeypatch, lambda n: 10.0)  # ~16 nats, above ln(400) = 5.99 throughout
+    r = train(cfg_for(tiny_data, tmp_path, "uniform", iterations=10))
+    assert r.status == "finished" and len(r.summary["warnings"]) == 1
+    assert "ln(vocab) = 5.991" in r.summary["warnings"][0]
+    assert json.loads((r.run_dir / "summary.json").read_text())["warnings"] == r.summary["warnings"]
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tiny_data: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """Empty (a full disk) or garbage: the error names the file and --force, and never passes on torch's
+    advice to load with weights_only=False (which would run whatever code the file holds)."""
+    from recur_lib.cli import main
+    cfg = cfg_for(tiny_data, tmp_path, "dmg", iterations=4)
+    cfg.save(tmp_path / "c.json")
+    train(cfg, stop_at_step=2)
+    ckpt = tmp_path / "dmg" / "ckpt.pt"
+    for content, why in ((b"", "empty"), (b"\x80\x02garbage" * 50, "unreadable")):
+        ckpt.write_bytes(content)
+        with pytest.raises(RunFileError, match="--force") as e:
+            train(cfg, resume=True)
+        assert str(ckpt) in str(e.value) and why in str(e.value)
+        assert e.value.__cause__ is None and e.value.__suppress_context__  # torch's message is not chained
+        assert main(["train", "--config", str(tmp_path / "c.json"), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert str(ckpt) in err and "weights_only" not in err
+
+
+def test_a_torn_metrics_line_is_trimmed_and_a_damaged_one_named(tiny_data: Path, tmp_path: Path) -> None:
+    """A process killed while appending leaves a torn last line: --resume drops it with the other lines
+    after the checkpoint, and the resumed run is bitwise the straight one. A bad line before the end is
+    no crash residue: refused, naming the file and line."""
+    straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=6))
+    cfg = cfg_for(tiny_data, tmp_path, "torn", iterations=6)
+    train(cfg, stop_at_step=3)
+    metrics = tmp_path / "torn" / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"step": 4, "time": 0.1, "train_loss": 5.1}\n{"step": 5, "tim')
+    r = train(cfg, resume=True)
+    assert losses(r.run_dir) == losses(straight.run_dir)
+    assert "dropped 2 metrics lines written after it, the last one torn" in (r.run_dir / "train.log").read_text()
+    cfg2 = cfg_for(tiny_data, tmp_path, "bad", iterations=6)
+    train(cfg2, stop_at_step=3)
+    metrics = tmp_path / "bad" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:1] + ['{"step": 1, "tr'] + lines[1:]) + "\n")
+    with pytest.raises(RunFileError, match=r"metrics\.jsonl line 2 .*--force"):
+        train(cfg2, resume=True)
+
+
+def test_a_locked_folder_is_refused_naming_the_owner(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = cfg_for(tiny_data, tmp_path, "owned", iterations=2)
+    lock = RunLock.acquire(tmp_path / "owned")
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}.*train.lock"):
+            train(cfg)
+        assert not (tmp_path / "owned" / "summary.json").exists()  # the refusal writes nothing
+    finally:
+        lock.release()
+    assert train(cfg).status == "finished"  # released: the folder is free
+    assert train(cfg, force=True).status == "finished"  # --force moves the folder aside and locks the new one
 
 
 def test_nan_loss_diverges_immediately(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,6 +417,96 @@ def test_weight_averager_math() -> None:
     ema = 0.0  # init weights were random; after 6 updates with decay .5 the init weighs 1/64
     assert avg.choose("auto")[0] == "swa" and avg.choose("ema")[0] == "ema"
     del ema, seen
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _train_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if "train_loss" in rec:
+            out.append(rec["step"])
+    return out
+
+
+def test_two_trainings_of_one_folder_one_trains_one_refuses(tiny_data: Path, tmp_path: Path) -> None:
+    """Two `recur train` on one folder at once: exactly one trains; the other exits 2 naming its pid.
+    Then SIGTERM (a scheduler's) stops the one training with a checkpoint and exit code 143."""
+    cfg = cfg_for(tiny_data, tmp_path, "shared", iterations=5000)
+    cfg.save(tmp_path / "c.json")
+    cmd = [sys.executable, "-m", "recur_lib.cli", "train", "--config", str(tmp_path / "c.json")]
+    procs, outs = [], []
+    try:
+        for i in range(2):
+            outs.append(open(tmp_path / f"out{i}.txt", "w+"))
+            procs.append(subprocess.Popen(cmd, env=_two_process_env(), stdout=outs[i], stderr=subprocess.STDOUT))
+        _wait_for(lambda: any(p.poll() is not None for p in procs), 120, "one of the two to exit")
+        loser = next(i for i, p in enumerate(procs) if p.poll() is not None)
+        winner = procs[1 - loser]
+        outs[loser].seek(0)
+        err = outs[loser].read()
+        assert procs[loser].returncode == 2, err[-2000:]
+        assert f"pid {winner.pid}" in err and "is in use" in err and "train.lock" in err
+        run_dir = tmp_path / "shared"
+        _wait_for(lambda: len(_train_steps(run_dir)) >= 3, 120, "the winner's first steps")
+        assert winner.poll() is None
+        winner.send_signal(signal.SIGTERM)
+        assert winner.wait(60) == 143
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for f in outs:
+            f.close()
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert (s["status"], s["reason"]) == ("interrupted", "SIGTERM")
+    steps = _train_steps(run_dir)
+    assert steps == list(range(1, s["steps"] + 1))  # one writer: no step twice, none interleaved
+    assert torch.load(run_dir / "ckpt.pt", weights_only=True)["step"] == s["steps"] == s["checkpoint_step"]
+
+
+def test_sigterm_checkpoints_and_the_resume_is_bitwise(tiny_data: Path, tmp_path: Path) -> None:
+    """SIGTERM to a `recur train` process mid-run: status interrupted, exit 143, and --resume (here in
+    this process, one thread as there) continues to the uninterrupted run's losses."""
+    over = {**RICH, "train.log_every": 50}
+    cfg = cfg_for(tiny_data, tmp_path, "term", iterations=60, **over)
+    cfg.save(tmp_path / "c.json")
+    out = open(tmp_path / "out.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "recur_lib.cli", "train", "--config", str(tmp_path / "c.json")],
+                            env=_two_process_env(), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: len(_train_steps(tmp_path / "term")) >= 5, 120, "the first steps")
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
+    assert rc == 143, (tmp_path / "out.txt").read_text()[-2000:]
+    s = json.loads((tmp_path / "term" / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["reason"] == "SIGTERM" and 5 <= s["steps"] < 60
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resumed = train(cfg, resume=True)
+        straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=60, **over))
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.status == "finished" and losses(resumed.run_dir) == losses(straight.run_dir)
 
 
 def _two_process_env() -> dict[str, str]:

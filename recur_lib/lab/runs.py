@@ -33,7 +33,7 @@ import pandas as pd
 
 from ..config import Config, ConfigError
 from ..paths import PROJECT_ROOT, atomic_write, resolve
-from ..rundir import FINAL_STATUSES, read_eval, read_summary
+from ..rundir import FINAL_STATUSES, PARENT_PID_ENV, read_eval, read_summary
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -112,10 +112,21 @@ def eval_row(e: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def load_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """A run's metrics.jsonl as a table. A last line still being written (a live or killed run) is left
+    out; a damaged line before it raises, naming the file and the line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return pd.DataFrame()
-    return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON; the run folder is damaged") from None
+    return pd.DataFrame(rows)
 
 
 def _free_port() -> int:
@@ -124,8 +135,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A job is `python -c _FOLLOW_PARENT module args...`: it asks the kernel to end it when this process dies
+# (rundir.die_with_parent), then runs the module as `python -m module args...` would. Under torchrun
+# the torchrun process follows us (it then stops its workers), and each worker follows torchrun.
+_FOLLOW_PARENT = ("import runpy, sys; from recur_lib.rundir import die_with_parent; die_with_parent(); "
+                  "module = sys.argv.pop(1); runpy.run_module(module, run_name='__main__', alter_sys=True)")
+
+
+def _job_cmd(module: str, *args: str) -> list[str]:
+    """The command line of a job that runs `module` (as with -m) and dies with this process."""
+    return [sys.executable, "-c", _FOLLOW_PARENT, module, *args]
+
+
 def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], quiet: bool) -> tuple[int, str]:
-    """Run cmd, echoing its output lines into the notebook (and a log file); returns (rc, tail)."""
+    """Run cmd, echoing its output lines into the notebook (and a log file); returns (rc, tail). Call it
+    in the thread that waits for the job: on Linux the job's death signal follows the starting thread."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
     with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                                       env=env, cwd=PROJECT_ROOT, bufsize=1) as proc:
@@ -150,10 +174,11 @@ def _threads_per_process(nproc: int, jobs: int = 1) -> int | None:
 
 
 def _job_env(threads: int | None = None) -> dict[str, str]:
-    """The notebook's environment, with this checkout importable by the job (and a thread count, when
-    jobs share the machine)."""
+    """The notebook's environment, with this checkout importable by the job, this process as the parent
+    whose death ends the job (and a thread count, when jobs share the machine)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PROJECT_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env[PARENT_PID_ENV] = str(os.getpid())
     if threads:
         env.setdefault("OMP_NUM_THREADS", str(threads))  # a user-set value wins
     return env
@@ -175,7 +200,7 @@ def run_evaluation(run_dir: str | Path, name: str = "eval", overrides: Mapping[s
     if saved is not None and saved.get("config") == cfg.to_dict():
         return "finished", saved, ""
     sets = [arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "-m", "recur_lib.cli", "eval", str(run_dir), "--report-only", "--name", name, *sets]
+    cmd = _job_cmd("recur_lib.cli", "eval", str(run_dir), "--report-only", "--name", name, *sets)
     rc, tail = _stream(cmd, run_dir / "stdout.log", f"[{run_dir.name} {name}] ", _job_env(threads), quiet)
     result = read_eval(run_dir, name) if rc == 0 else None
     return ("finished", result, tail) if result is not None else ("eval_failed", None, tail)
@@ -200,18 +225,20 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     if not reused:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "launch.json", cfg.to_json() + "\n")
-        train_args = ["-m", "recur_lib.cli", "train", "--config", str(run_dir / "launch.json"),
-                      "--run-dir", str(run_dir), "--force" if force else "--reuse"]
+        train_args = ["train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
+                      "--force" if force else "--reuse"]
         env = _job_env(threads or _threads_per_process(nproc))
         if nproc > 1:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                   "--master_port", str(_free_port()), *train_args]
+            cmd = _job_cmd("torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
+                           "-m", "recur_lib.cli", *train_args)
         else:
-            cmd = [sys.executable, *train_args]
+            cmd = _job_cmd("recur_lib.cli", *train_args)
         rc, tail = _stream(cmd, run_dir / "stdout.log", f"[{run_dir.name}] ", env, quiet)
         summary = read_summary(run_dir) or {}
         if rc != 0 and summary.get("status") in (None, "finished"):
-            summary = {**summary, "status": "failed", "error": f"exit code {rc}"}
+            # e.g. a refusal (another job trains in the folder): its message is the job's last line
+            last = tail.strip().splitlines()[-1:] or [""]
+            summary = {**summary, "status": "failed", "error": f"exit code {rc}: {last[0]}".rstrip(": ")}
     status = summary.get("status", "failed")
     ev = read_eval(run_dir)
     if evaluate and status == "finished" and (ev is None or not reused):

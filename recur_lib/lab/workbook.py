@@ -10,6 +10,8 @@ A parameter goes to every notebook that declares it; `notebook:name=value` to on
 """
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -57,27 +59,74 @@ def notebook_parameters(preset: str, notebooks: tuple[str, ...], parameters: dic
     return out
 
 
+def _project_relative(path: Path) -> str:
+    """Paths handed to notebooks and written into results: relative to the project when inside it, so
+    executed notebooks and tables carry no machine's absolute paths."""
+    try:
+        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _cell_error(e: Exception) -> str:
+    """The failing cell's own exception (papermill keeps its name, value and execution count), whole."""
+    ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
+    if ename:
+        return f"cell [{getattr(e, 'exec_count', '?')}] raised {ename}: {evalue}"
+    return f"{type(e).__name__}: {e}"
+
+
 def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str, Any], html: bool = True) -> dict[str, Any]:
+    """Execute one notebook into a staging folder; only a successful run moves its notebook, HTML and
+    tables into results_dir, so a failure never replaces published results. A failed execution is kept
+    as <name>.failed.ipynb beside them, showing the failing cell."""
     import papermill as pm
     src = PROJECT_ROOT / "notebooks" / f"{name}.ipynb"
-    out = results_dir / f"{name}.ipynb"
-    params = {"preset": preset, "results_dir": str(results_dir), **parameters}
+    stage = results_dir / f".staging-{name}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    staged = stage / f"{name}.ipynb"
+    params = {"preset": preset, "results_dir": _project_relative(stage), **parameters}
     t0 = time.time()
     status, error = "ok", None
     try:
-        pm.execute_notebook(str(src), str(out), parameters=params, cwd=str(PROJECT_ROOT / "notebooks"),
+        pm.execute_notebook(str(src), str(staged), parameters=params, cwd=str(PROJECT_ROOT / "notebooks"),
                             kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
     except Exception as e:  # PapermillExecutionError, a dead kernel...: recorded, the next notebook runs
-        status, error = "failed", f"{type(e).__name__}: {str(e)[:2000]}"
+        status, error = "failed", _cell_error(e)
     seconds = round(time.time() - t0, 1)
-    if html and out.exists():
-        subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", str(out), "--output-dir", str(results_dir)],
-                       capture_output=True, text=True)
-    return {"notebook": name, "status": status, "seconds": seconds, "output": str(out), "error": error}
+    out = results_dir / f"{name}.ipynb"
+    if status == "ok":
+        _publish_paths(staged, stage, results_dir)
+        if html:
+            subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", str(staged), "--output-dir", str(stage)],
+                           capture_output=True, text=True)
+        for f in stage.iterdir():  # notebook, HTML, tables: each replaces its published version whole
+            os.replace(f, results_dir / f.name)
+        (results_dir / f"{name}.failed.ipynb").unlink(missing_ok=True)
+    elif staged.exists():
+        out = results_dir / f"{name}.failed.ipynb"
+        os.replace(staged, out)
+    shutil.rmtree(stage, ignore_errors=True)
+    return {"notebook": name, "status": status, "seconds": seconds, "output": _project_relative(out), "error": error}
+
+
+def _publish_paths(notebook: Path, stage: Path, results_dir: Path) -> None:
+    """The executed notebook names the staging folder in its parameters: name the published one."""
+    text = notebook.read_text()
+    notebook.write_text(text.replace(_project_relative(stage), _project_relative(results_dir)))
+
+
+# The sizes every notebook runs at: the seeds' full-size shapes train on a GPU (`recur train --preset seed-927`).
+WORKBOOK_PRESETS = ("smoke", "quick", "cpu")
 
 
 def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, results_root: str = "results",
                  parameters: dict[str, Any] | None = None, html: bool = True) -> list[dict[str, Any]]:
+    if preset not in WORKBOOK_PRESETS:
+        raise ValueError(f"the workbook runs at {', '.join(WORKBOOK_PRESETS)}, not {preset!r}: its notebooks size "
+                         "every arm from these presets. Full-size seed presets train one at a time on a GPU, "
+                         "e.g. `recur train --preset seed-927`")
     per_notebook = notebook_parameters(preset, notebooks, parameters)
     results_dir = resolve(results_root) / preset
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +138,14 @@ def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, 
               flush=True)
         report.append(r)
     import json
-    path = results_dir / "workbook.json"  # one entry per notebook, the latest execution of each
-    previous = json.loads(path.read_text()) if path.exists() else []
-    merged = {r["notebook"]: r for r in previous + report}
+    # One entry per notebook: its published (successful) execution, and the latest failure if one came after.
+    path = results_dir / "workbook.json"
+    merged = {r["notebook"]: r for r in (json.loads(path.read_text()) if path.exists() else [])}
+    for r in report:
+        if r["status"] == "ok":
+            merged[r["notebook"]] = r
+        else:
+            merged[r["notebook"]] = {**merged.get(r["notebook"], {"notebook": r["notebook"], "status": "unpublished"}),
+                                     "last_failure": r}
     atomic_write(path, json.dumps([merged[n] for n in NOTEBOOKS if n in merged], indent=2) + "\n")
     return report

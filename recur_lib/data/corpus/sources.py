@@ -9,7 +9,8 @@ and assigned to val by a hash of their id, so the split does not move when other
 each split is then put in a seeded order that interleaves the sources (`mixed_order`), so any prefix
 of train or val holds every source in about its share of the split.
 
-Users without Debian's archive point `recur data build --text-dir DIR` at any folder of `.txt` files.
+Users without Debian's archive point `recur data build --text-dir DIR` at any folder of UTF-8 `.txt` files
+(binary and non-UTF-8 files are skipped and reported).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..dataset import sha256_file  # noqa: F401  (one definition; build and the tests use it from here)
 from .markup import STRIPPERS
 
 
@@ -69,14 +71,6 @@ GROUP_BYTES = 4096   # dictionary-like entries (Jargon File, GCIDE) are grouped 
 class Document:
     id: str      # "<package>/<path>[#n]": stable across builds
     text: str
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- fetching --------------------------------------------------------------------------------------
@@ -197,15 +191,55 @@ def source_documents(source: Source, root: Path) -> Iterator[Document]:
             yield Document(f"{source.package}/{rel}", text)
 
 
-def text_dir_documents(folder: Path) -> Iterator[Document]:
-    """Every *.txt under folder (recursively, sorted) as one document."""
+def text_dir_files(folder: Path) -> list[Path]:
+    """The *.txt files under folder (recursively, sorted): the documents of a --text-dir build."""
     if not folder.is_dir():
         raise CorpusError(f"--text-dir {folder}: not a folder")
     files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
     if not files:
         raise CorpusError(f"--text-dir {folder}: no .txt files found")
-    for p in files:
-        yield Document(f"text/{p.relative_to(folder).as_posix()}", read_text_file(p).strip())
+    return files
+
+
+def text_dir_fingerprint(folder: Path) -> str:
+    """sha256 over every *.txt file's path and bytes, so a build notices edited, added or removed files."""
+    h = hashlib.sha256()
+    for p in text_dir_files(folder):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{sha256_file(p)}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+# UTF-16/32 text starts with one of these; without it, a NUL byte marks a binary file (UTF-8 text has none).
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def text_file_problem(raw: bytes) -> str | None:
+    """Why a --text-dir file is not a document: "binary" or "not_utf8"; None for UTF-8 text."""
+    if raw.startswith(_WIDE_BOMS):
+        return "not_utf8"
+    if b"\x00" in raw:
+        return "binary"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not_utf8"
+    return None
+
+
+def text_dir_documents(folder: Path, skipped: dict[str, list[str]] | None = None) -> Iterator[Document]:
+    """Every *.txt under folder (recursively, sorted) that is UTF-8 text, as one document. Binary and
+    non-UTF-8 files are skipped, their paths (relative to folder) recorded in skipped[reason]: unlike
+    Debian's POD files, a user's file in another encoding cannot be guessed right, and Latin-1 would read
+    any bytes as text."""
+    for p in text_dir_files(folder):
+        raw = p.read_bytes()
+        rel = p.relative_to(folder).as_posix()
+        problem = text_file_problem(raw)
+        if problem is not None:
+            if skipped is not None:
+                skipped.setdefault(problem, []).append(rel)
+            continue
+        yield Document(f"text/{rel}", clean_text(raw.decode("utf-8")).strip())
 
 
 def _jargon_entries(text: str) -> list[str]:

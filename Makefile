@@ -24,7 +24,8 @@ data: setup
 	$(PY) -m recur_lib.cli data build
 
 # The main job: audit the data, then execute the four notebooks at the quick preset into
-# results/quick/ (runs in runs/workbook/ are reused on the next call). About 15 minutes on 2 cores.
+# results/local/quick/, which git ignores (runs in runs/workbook/ are reused on the next call).
+# About 15 minutes on 2 cores.
 workbook: data
 	$(PY) -m recur_lib.cli data audit --preset $(PRESET)
 	$(PY) -m recur_lib.cli workbook --preset $(PRESET)

@@ -7,6 +7,8 @@ What a researcher calls, from a notebook or a shell:
     print(build_model(cfg).describe())
     rec = launch(cfg)                                        # train + evaluate in a run folder
     df = sweep(cfg, {"schedule.n_loops": [1, 2, 4]}, seeds=[0, 1, 2])
+    runs = list_runs("runs")                                 # every run folder: status, config, bpb, age
+    diff, metrics = compare_runs(runs["path"].tail(2))       # config differences, metrics side by side
 
 The layers, bottom up: `config`/`presets`; `data` (shards, tokenizer, loader, bpb) and `model`;
 `optim`, `quant`, `export`, `evaluate`; `train` and `rundir`; `lab` (runs, ablations, plots, workbook:
@@ -27,7 +29,9 @@ _LAB = {
     "runs": ("recur_lib.lab.runs", None), "ablations": ("recur_lib.lab.ablations", None),
     "plots": ("recur_lib.lab.plots", None), "workbook": ("recur_lib.lab.workbook", None),
     "launch": ("recur_lib.lab.runs", "launch"), "sweep": ("recur_lib.lab.runs", "sweep"),
-    "Arm": ("recur_lib.lab.runs", "Arm"),
+    "Arm": ("recur_lib.lab.runs", "Arm"), "runlist": ("recur_lib.lab.runlist", None),
+    "list_runs": ("recur_lib.lab.runlist", "list_runs"), "compare_runs": ("recur_lib.lab.runlist", "compare_runs"),
+    "plot_runs": ("recur_lib.lab.runlist", "plot_runs"),
 }
 
 __all__ = ["__version__", "Config", "ConfigError", "PRESETS", "preset_names", "build_model", "open_data", *_LAB]

@@ -1,12 +1,19 @@
 """`recur` command line: every parser and command of the project.
 
-    recur data build [--text-dir DIR] [--out data/default]
-    recur train --preset quick --set train.iterations=50 [--resume | --force]
-    torchrun --nproc_per_node 2 -m recur_lib.cli train --config cfg.json      # one job over 2 processes
-    recur eval runs/quick --set eval.stride=64 --set eval.ttt=score_first
-    recur data audit --preset quick --set data.root=/path/to/fineweb10B_sp1024
-    recur config show --preset seed-927 --set model.dim=768 [--json]
+    recur data build                         # the default corpus -> data/default/ (make data)
+    recur data audit --preset quick
+    recur config show --preset seed-927 --set model.dim=768
     recur model describe --preset seed-1096
+    recur train --preset quick --set train.iterations=20                  # -> runs/quick-<id>/
+    recur eval --preset quick --set train.iterations=20 --set eval.stride=64   # that run, evaluated
+    recur config show --preset quick --set train.iterations=20 --json > cfg.json
+    torchrun --nproc_per_node 2 -m recur_lib.cli train --config cfg.json  # one job, 2 processes -> runs/cfg-<id>/
+    recur workbook --preset quick            # the notebooks -> results/local/quick/ (make workbook)
+
+A run's folder is <run.out_dir>/<preset, or --config file name>-<id>, where the id hashes the config
+and the code that computes it (as the notebooks' runner names its runs): another config trains in
+another folder, and `recur eval` with the same --preset/--config/--set finds the run. `--set
+run.name=NAME` (runs/NAME) or `--run-dir DIR` choose the folder instead.
 """
 from __future__ import annotations
 
@@ -52,14 +59,86 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="a finished run in the folder is reported instead of retrained; an unfinished one resumes")
 
 
+def _default_run(cfg: Config, args: argparse.Namespace) -> tuple[Config, Path]:
+    """The run folder of a command given no --run-dir: run.name when the config sets one, else
+    `<preset or config file name>-<id>` with the runner's content address (config + code version), so
+    every config trains in a folder of its own and the same arguments find it again. The name goes into
+    the config, so the run's config.json says where it lives."""
+    from .rundir import run_dir_for
+    if cfg.run.name == Config().run.name:
+        from .lab.runs import run_id
+        cfg = cfg.override({"run.name": f"{_run_prefix(args)}-{run_id(cfg)}"})
+    return cfg, run_dir_for(cfg)
+
+
+def _run_prefix(args: argparse.Namespace) -> str:
+    return Path(args.config).stem if args.config else args.preset
+
+
+def _find_run(cfg: Config, args: argparse.Namespace) -> tuple[Config, Path]:
+    """`recur eval` without RUN_DIR: the folder `recur train` with the same arguments used. Settings that
+    only evaluation reads (--set eval.stride=64, quant.export_bits=6) change the id, so failing the
+    exact folder, the one run under the same name prefix, trained by this code, whose config differs
+    from this one only in eval and quant settings."""
+    import re
+    import warnings
+
+    from .lab.runs import run_id
+    named, run_dir = _default_run(cfg, args)
+    if cfg.run.name != Config().run.name or run_dir.exists():
+        return named, run_dir  # a name the config gives, or the exact folder
+
+    def trained(c: Config) -> dict:
+        d = c.to_dict()
+        for group in ("eval", "quant"):
+            d.pop(group)
+        d["run"] = {k: v for k, v in d["run"].items() if k not in ("name", "out_dir")}
+        return d
+
+    prefix, found = _run_prefix(args), []
+    for d in sorted(run_dir.parent.glob(f"{prefix}-*")):
+        if not re.fullmatch(re.escape(prefix) + r"-[0-9a-f]{10}", d.name):
+            continue  # e.g. a run moved aside by --force
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                saved = Config.load(d / "config.json")
+        except (OSError, ConfigError):
+            continue
+        if trained(saved) == trained(cfg) and run_id(saved) == d.name.rpartition("-")[2]:
+            found.append(d)
+    if len(found) == 1:
+        return named.override({"run.name": found[0].name}), found[0]
+    if found:
+        raise ConfigError(f"{len(found)} runs match this config except in eval/quant settings: "
+                          f"{', '.join(_shown(f) for f in found)}; name one: recur eval RUN_DIR ...")
+    raise ConfigError(f"no run of this config: {_shown(run_dir)} does not exist. Train it with `recur train` and the "
+                      "same --preset/--config/--set, or name a run folder: recur eval RUN_DIR ...")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can type it from here: relative to the current folder when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from . import device
-    from .rundir import FINAL_STATUSES, RunExistsError, RunLockedError, die_with_parent, read_summary, run_dir_for
+    from .rundir import FINAL_STATUSES, RunExistsError, RunLockedError, die_with_parent, read_summary
     from .train import train
     die_with_parent()  # a torchrun worker of a runner's job follows torchrun (a no-op outside the runner)
     try:
         cfg = config_from_args(args)
-        run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(cfg)
+        if args.run_dir:
+            run_dir = Path(args.run_dir)
+        else:
+            cfg, run_dir = _default_run(cfg, args)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"run folder {_shown(run_dir)}", flush=True)
         resume = args.resume
         if args.reuse and not args.force:
             done = read_summary(run_dir)
@@ -152,6 +231,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
             print(f"{k} = {v!r}" + (f"  # {sources[k]}" if k in sources else ""))
         print(f"# effective layers {cfg.effective_layers}, unique blocks {cfg.unique_blocks}")
         print("# phases (steps of " + f"{cfg.train.iterations}): " + ", ".join(f"{k} {v}" for k, v in cfg.phases().items()))
+        for w in cfg.schedule_warnings():
+            print(f"# warning: {w}")
     return 0
 
 
@@ -167,21 +248,18 @@ def cmd_model_describe(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
-    from .rundir import run_dir_for
     cfg = None
     run_dir = Path(args.run_dir) if args.run_dir else None
-    if args.set or run_dir is None:
-        base = Config.load(run_dir / "config.json") if run_dir else config_from_args(args)
-        cfg = base.override(parse_sets(args.set))
-        run_dir = run_dir or run_dir_for(cfg)
+    if run_dir is None:
+        cfg, run_dir = _find_run(config_from_args(args), args)
+        print(f"run folder {_shown(run_dir)}", flush=True)
+    elif args.set:
+        cfg = Config.load(run_dir / "config.json").override(parse_sets(args.set))
     out = evaluate_run(run_dir, cfg, artifact=args.artifact, report_only=args.report_only, out_name=args.name,
                        overwrite_artifact=args.overwrite_artifact)
-    f, q = out["float"], out["quantized"]
-    for mode in f:
-        print(f"{mode:<8} float {f[mode]['val_bpb']:.4f}  quantized {q[mode]['val_bpb']:.4f}")
     a = out["artifact"]
     print(f"quant gap {out['quant_gap_bpb']:+.4f} bpb; artifact {a['total_bytes']:,} bytes "
-          f"(model {a['model_bytes']:,} + code {a['code_bytes']:,}) -> {run_dir / (args.name + '.json')}")
+          f"(model {a['model_bytes']:,} + code {a['code_bytes']:,}) -> {_shown(run_dir / (args.name + '.json'))}")
     return 0
 
 
@@ -203,16 +281,45 @@ def cmd_workbook(args: argparse.Namespace) -> int:
     if args.set:
         params["overrides"] = parse_sets(args.set)
     report = run_workbook(args.preset, tuple(args.notebooks or NOTEBOOKS), args.results, params, html=not args.no_html)
-    failed = [r["notebook"] for r in report if r["status"] != "ok"]
+    failed = [r for r in report if r["status"] != "ok"]
     if failed:
-        print(f"error: notebooks failed: {failed}; the published results were left as they were, and "
-              f"{args.results}/{args.preset}/<notebook>.failed.ipynb shows the failing cell", file=sys.stderr)
+        print(f"error: notebooks failed: {[r['notebook'] for r in failed]}; the results of their last successful "
+              f"execution were left as they were; the failing cells are in {', '.join(r['output'] for r in failed)}",
+              file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_config_fields(args: argparse.Namespace) -> int:
     print(describe_fields())
+    return 0
+
+
+def cmd_runs_ls(args: argparse.Namespace) -> int:
+    from .lab.runlist import format_runs, list_runs
+    df = list_runs(args.roots or ["runs"], sort=args.sort)
+    if args.status:
+        df = df[df["status"].isin(args.status)]
+    print(format_runs(df, width=None if args.wide else 60))
+    return 0
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    from .lab.runlist import compare_runs, format_compare
+    diff, metrics = compare_runs(args.runs, root=args.root)
+    print(format_compare(diff, metrics))
+    if args.out != "-":
+        import matplotlib
+        matplotlib.use("Agg")  # a file, never a window: this may run over ssh or in CI
+
+        from .lab.runlist import plot_runs
+        axes = plot_runs(args.runs, root=args.root)
+        fig = axes[0].figure
+        fig.tight_layout()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+        print(f"\nfigure: {out.resolve()}")
     return 0
 
 
@@ -238,12 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", default="data/default")
     i.set_defaults(func=cmd_data_info)
 
-    tr = sub.add_parser("train", help="train one job (under torchrun: one job over N processes)")
+    tr = sub.add_parser("train", help="train one job (under torchrun: one job over N processes)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  recur train --preset smoke                          # -> runs/smoke-<id>/ (id: config + code)
+  recur train --preset smoke --reuse                  # that run again: reported when finished, else resumed
+  recur train --preset smoke --set run.name=try1      # -> runs/try1/""")
     add_train_args(tr)
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("eval", help="export a run's artifact and evaluate float and quantized weights -> eval.json")
-    ev.add_argument("run_dir", nargs="?", help="run folder (default: from --preset/--set run.name)")
+    ev = sub.add_parser("eval", help="export a run's artifact and evaluate float and quantized weights -> eval.json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  recur train --preset smoke
+  recur eval --preset smoke                           # the run `recur train --preset smoke` made
+  recur eval --preset smoke --set eval.stride=16 --name sliding   # the same run, sliding windows -> sliding.json""")
+    ev.add_argument("run_dir", nargs="?", help="run folder (default: the folder `recur train` gives the same "
+                    "--preset/--config/--set; eval and quant settings may differ from the training's)")
     add_config_args(ev)
     ev.add_argument("--artifact", help="artifact path (default: RUN_DIR/model.rgolf)")
     ev.add_argument("--report-only", action="store_true", help="measure an over-budget artifact instead of failing")
@@ -254,15 +370,43 @@ def build_parser() -> argparse.ArgumentParser:
                     "a variant evaluation of the same run takes its own name (default: eval)")
     ev.set_defaults(func=cmd_eval)
 
-    wb = sub.add_parser("workbook", help="execute the notebooks with papermill into results/<preset>/")
+    wb = sub.add_parser("workbook", help="execute the notebooks with papermill into results/local/<preset>/ "
+                        "(the cpu preset: the published results/cpu/)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  recur workbook --preset quick                       # make workbook -> results/local/quick/ (ignored by git)
+  recur workbook --preset cpu                         # make workbook-cpu -> results/cpu/ (published)
+  recur workbook --preset smoke --notebooks 00_quickstart --no-html""")
     wb.add_argument("--preset", default="quick", help="smoke | quick | cpu (default: quick)")
     wb.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: each notebook's)")
     wb.add_argument("--notebooks", nargs="+", help="names without .ipynb (default: all four)")
-    wb.add_argument("--results", default="results", help="results root (default: results)")
+    wb.add_argument("--results", help="results root; the notebooks write to RESULTS/<preset>/ (default: results "
+                    "for the published cpu preset, else results/local, which git ignores)")
     wb.add_argument("--param", action="append", metavar="NAME=VALUE", help="a notebook parameter, e.g. loops=[1,2,4]")
     wb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a config override for every run")
     wb.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML renderings")
     wb.set_defaults(func=cmd_workbook)
+
+    runs = sub.add_parser("runs", help="find, list and compare run folders").add_subparsers(dest="cmd", required=True)
+    ls = runs.add_parser("ls", help="a table of the run folders under ROOT (default: runs/), searched recursively",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  recur runs ls                                       # every run under runs/, oldest first
+  recur runs ls runs --sort val_bpb --status finished""")
+    ls.add_argument("roots", nargs="*", metavar="ROOT", help="folders to search (default: runs)")
+    ls.add_argument("--sort", choices=["time", "val_bpb", "run"], default="time",
+                    help="time: oldest first (default); val_bpb: best first; run: by folder")
+    ls.add_argument("--status", action="append", help="only runs of this status (repeatable): finished, diverged, "
+                    "interrupted, failed, running, unfinished")
+    ls.add_argument("--wide", action="store_true", help="print the config changes whole")
+    ls.set_defaults(func=cmd_runs_ls)
+    cmp = runs.add_parser("compare", help="config differences, metrics side by side, and curves of two or more runs",
+                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  recur train --preset smoke --set run.name=try2 --set optim.matrix_lr=0.03
+  recur runs compare try1 try2 --out cmp.png          # names under runs/ (or their start), or folder paths""")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or folder names (or their start) under --root")
+    cmp.add_argument("--root", default="runs", help="where RUN names are looked up (default: runs)")
+    cmp.add_argument("--out", default="runs-compare.png",
+                     help="the curves' figure (PNG; default: runs-compare.png in the current folder; - for none)")
+    cmp.set_defaults(func=cmd_runs_compare)
 
     model = sub.add_parser("model", help="inspect model shapes").add_subparsers(dest="cmd", required=True)
     md = model.add_parser("describe", help="schedule, effective depth and parameter counts of a preset")
@@ -281,7 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader gone away is met here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader stopped reading (`recur config fields | head`): what is left has nowhere to go. Point
+        # stdout at devnull so that the flush at exit does not raise again, and end as a shell reports SIGPIPE.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ConfigError, ValueError, RuntimeError, OSError) as e:  # ArtifactError, ShardError... are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -259,6 +259,8 @@ class RunConfig(_Group):
     fused_head: bool = _f(True, "training loss: softcap + cross-entropy as one fused autograd op (same math; "
                           "fewer passes over the logits, see recur_lib/model/fused.py)")
     nproc: int = _f(1, "torchrun processes per node", 1, 1024)
+    tensorboard: bool = _f(False, "also write every metrics.jsonl record as TensorBoard scalars under "
+                           "<run_dir>/tensorboard/ (needs pip install 'recur-golf[tensorboard]')")
 
 
 LORA_TARGETS = ("q", "k", "v", "o", "fc", "proj")  # attention q/k/v/out, MLP in/out
@@ -468,6 +470,24 @@ class Config:
             "qat_start_step": math.ceil(self.quant.qat_start_frac * n) if self.quant.qat_bits else None,
             "repeat_start_step": math.ceil(self.schedule.repeat_start_frac * n),
         }
+
+    def schedule_warnings(self) -> list[str]:
+        """Phases that silently reshape the LR schedule: a warmdown as long as the run or longer, so the
+        LR falls from step 0. With a wall-clock cap the warmdown follows the clock, so a run that fits
+        fewer steps than the warmdown in its time is also in warmdown from the start; that depends on
+        the pace and is not known here."""
+        n, wd, cap = self.train.iterations, self.phases()["warmdown_steps"], self.train.max_wallclock_s
+        if wd > n:
+            msg = (f"the warmdown ({wd} steps) is longer than the run (train.iterations = {n}): the LR multiplier "
+                   f"starts at {n / wd:.3g}, not 1, and falls from step 0")
+            if cap > 0:
+                msg += (f"; with train.max_wallclock_s = {cap:g} the steps after 0 follow the clock: the run is in "
+                        f"warmdown throughout if fewer than {wd} steps fit in that time")
+            return [msg]
+        if wd == n:
+            return [f"the warmdown covers the whole run ({wd} steps = train.iterations): the LR multiplier falls "
+                    "from 1 at step 0, with no constant phase"]
+        return []
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

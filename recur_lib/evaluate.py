@@ -261,6 +261,14 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
         raise ValueError(f"evaluate_run: {changed} differ from the trained model's config in {run_dir}; "
                          "only data, quant, eval and run settings can change at evaluation")
     rt = device.setup(cfg.run)
+
+    def progress(line: str, since: float) -> float:
+        """A line per finished step, with its seconds, as it completes (rank 0 only)."""
+        now = time.perf_counter()
+        if rt.is_main:
+            print(f"{line}  {now - since:.1f} s", flush=True)
+        return now
+
     data = open_data(cfg)
     val = load_tokens(data.val_files, cfg.model.vocab_size, cfg.data.val_max_tokens)
     e = cfg.eval
@@ -268,28 +276,35 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     model = build_model(cfg).to(rt.device)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location=rt.device, weights_only=True))
     labels: dict[str, Any] = {"pre_quant_ttt": e.ttt == "pre_quant"}
+    t = t_start
     if e.ttt == "pre_quant":
         model = pre_quant_ttt(model, val, cfg, rt)
         labels["note"] = "pre-quant TTT adapted the weights on the val text that is then scored (#1406)"
+        t = progress(f"pre-quant TTT ({e.ttt_epochs} epochs)", t)
     # one writer: ranks sharing `<path>.tmp` would race each other's os.replace
     report = export_artifact(model.cpu(), cfg, art_path if rt.is_main else None, report_only=report_only,
                              overwrite=overwrite_artifact)
     model.to(rt.device)
     all_reduce_sum(torch.zeros(1, device=rt.device), rt)  # a barrier: read the artifact once rank 0 has written it
     quantized = load_artifact(art_path).to(rt.device)
+    progress(f"artifact  {report.total_bytes:,} bytes (model {report.model_bytes:,} + code {report.code_bytes:,})", t)
 
-    def suite(m: torch.nn.Module) -> dict[str, Any]:
+    def suite(m: torch.nn.Module, weights: str) -> dict[str, Any]:
+        t = time.perf_counter()
         res = {"plain": eval_windows(m, trim_for_eval(val, e.seq_len), data.tables, e.seq_len, 0,
                                      e.batch_tokens, rt, e.eval_loops or None).as_dict()}
+        t = progress(f"{weights:<9} plain    val_bpb {res['plain']['val_bpb']:.4f}", t)
         if e.stride and e.stride < e.seq_len:
             res["sliding"] = {"stride": e.stride, **eval_windows(m, val, data.tables, e.seq_len, e.stride,
                                                                 e.batch_tokens, rt, e.eval_loops or None).as_dict()}
+            t = progress(f"{weights:<9} sliding  val_bpb {res['sliding']['val_bpb']:.4f} (stride {e.stride})", t)
         if e.ttt == "score_first":
             res["ttt"] = {"chunk_tokens": e.ttt_chunk_tokens, "epochs": e.ttt_epochs,
                           **ttt_score_first(m, val, data.tables, cfg, rt)[0].as_dict()}
+            progress(f"{weights:<9} ttt      val_bpb {res['ttt']['val_bpb']:.4f} (score-first)", t)
         return res
 
-    out = {"run_dir": str(run_dir), **labels, "float": suite(model), "quantized": suite(quantized),
+    out = {"run_dir": str(run_dir), **labels, "float": suite(model, "float"), "quantized": suite(quantized, "quantized"),
            "artifact": {"path": str(art_path), **report.as_dict()}}
     out["quant_gap_bpb"] = out["quantized"]["plain"]["val_bpb"] - out["float"]["plain"]["val_bpb"]
     out["eval_loops"] = e.eval_loops or cfg.schedule.n_loops

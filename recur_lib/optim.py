@@ -16,6 +16,27 @@ Warnings: for 2-D matrices only; not for embeddings, heads or 1-D tensors (hence
 For thin matrices (a rank-8 LoRA factor of 576x8: keller scale 8.49) the scale rule matters: #1096
 reports rank-8 per-loop LoRA diverging under Muon; the LoRA ablation varies exactly this.
 
+Why not torch.optim.Muon (torch 2.13): ours computes the baseline's update bitwise (the official
+train_gpt.py's `Muon.step`, every shape, nesterov on and off, with its momentum warmup), and torch's
+does not, in four ways (`benchmarks/muon_compare.py`, `results/benchmarks/muon_compare.csv`: 7 shapes
+from 8x64 to 1024x512, 10 steps, lr 0.04):
+
+* Momentum is an EMA there (`buf.lerp_(g, 1 - m)`, nesterov `g.lerp(buf, m)`), a sum here
+  (`buf = m * buf + g`, nesterov `g + m * buf`). At constant momentum torch's input to Newton-Schulz
+  is ours times (1 - m), which the normalisation removes; while the trainer warms the momentum up
+  (0.85 -> 0.95 by setting group["momentum"]) the weights of past gradients differ, and the update
+  direction with them: 38-61% relative (Frobenius) difference per step by step 10.
+* Its Newton-Schulz iteration is also bf16, but fuses scale and sum into `addmm`, so it rounds
+  differently: 2.6-3.6% relative difference on the same input; a step takes 19-30% less time on one CPU thread.
+  With constant momentum its updates differ from ours by 2.6-4.7% per step, about what bf16 rounding
+  itself is worth (the same iteration in float32 differs from ours by 2.4-4.3%).
+* No work split: every rank orthogonalises every matrix (world_size times our work; a two-process gloo
+  run: 12 Newton-Schulz calls per rank against our 6), where ours splits them over ranks and sums
+  one bf16 all-reduce. Both give every rank the single-process result bitwise.
+* Only the `keller` ("original") and `moonlight` ("match_rms_adamw") rules, applied to the lr in
+  float32 rather than to the bf16 update; no `none` rule and no MuonEq-R row normalisation.
+Weight decay is the same in both (p *= 1 - lr * wd, before the scaled update); torch's defaults to 0.1.
+
 Routing: `ROUTES` maps name patterns to groups; every parameter must match exactly one rule, or
 construction fails naming it. There is no `ndim == 2 -> Muon` default.
 """

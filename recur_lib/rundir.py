@@ -224,11 +224,52 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool, force: bool, lock:
 
 class RunFolder:
     """The trainer's writer for one run folder. Only the main process writes; on other ranks every
-    method is a no-op, so the training loop calls them unconditionally."""
+    method is a no-op, so the training loop calls them unconditionally.
 
-    def __init__(self, path: Path, main: bool) -> None:
+    With run.tensorboard on, every metrics record also goes to TensorBoard event files under
+    `tensorboard/`: append_metrics is the one place all records pass through, so both always hold the
+    same numbers. The writer opens with the metrics (start_metrics, or trim_metrics on a resume), which
+    is where a missing tensorboard package stops the run, before its first step."""
+
+    TENSORBOARD_DIR = "tensorboard"
+    TENSORBOARD_MISSING = ("run.tensorboard is on but TensorBoard cannot be imported ({why}): "
+                           "pip install 'recur-golf[tensorboard]', or set run.tensorboard=false")
+    # Lists in a metrics record whose entries have names: lora_norms holds (||A||, ||B||, ||BA||) per factor.
+    LIST_LABELS = {"lora_norms": ("A", "B", "BA")}
+
+    @classmethod
+    def tensorboard_scalars(cls, rec: dict[str, Any]) -> dict[str, float]:
+        """The numbers of one metrics record as TensorBoard tags: the record's own keys, nested groups
+        joined by "/" (update_rms/matrices, lora_norms/b1_l0.q/BA). The step is the x axis, not a tag."""
+        out: dict[str, float] = {}
+
+        def walk(tag: str, value: Any, labels: tuple[str, ...] | None) -> None:
+            if isinstance(value, bool) or value is None:
+                return
+            if isinstance(value, (int, float)):
+                out[tag] = float(value)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{tag}/{k}", v, labels)
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    walk(f"{tag}/{labels[i] if labels and i < len(labels) else i}", v, None)
+
+        for key, value in rec.items():
+            if key != "step":
+                walk(key, value, cls.LIST_LABELS.get(key))
+        return out
+
+    def __init__(self, path: Path, main: bool, tensorboard: bool | None = None) -> None:
+        """tensorboard: None reads run.tensorboard from the folder's config.json (the trainer saves the
+        config before it opens the folder)."""
         self.path, self.main = Path(path), main
         self._log = open(self.path / "train.log", "a") if main else None
+        if tensorboard is None and main:
+            run_group = (read_json(self.path / "config.json") or {}).get("run")
+            tensorboard = bool(run_group.get("tensorboard", False)) if isinstance(run_group, dict) else False
+        self.tensorboard = bool(main and tensorboard)
+        self._tb: Any = None
 
     @property
     def metrics_path(self) -> Path:
@@ -249,16 +290,35 @@ class RunFolder:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._tb is not None:
+            self._tb.close()  # flushes what is still queued
+            self._tb = None
+
+    def _open_tensorboard(self, purge_step: int | None) -> None:
+        """purge_step: TensorBoard hides the events of earlier writers in this folder from that step on,
+        as trim_metrics and start_metrics drop their metrics lines (0: a fresh start hides them all)."""
+        if not self.tensorboard or self._tb is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # torch re-raises a missing or too old tensorboard as ImportError
+            raise ConfigError(self.TENSORBOARD_MISSING.format(why=e)) from None
+        self._tb = SummaryWriter(str(self.path / self.TENSORBOARD_DIR), purge_step=purge_step, flush_secs=10)
 
     # -- metrics.jsonl: appended a line per step, so a crash loses at most the line being written --
     def start_metrics(self) -> None:
         if self.main:
+            self._open_tensorboard(purge_step=0)
             atomic_write(self.metrics_path, "")
 
     def append_metrics(self, rec: dict[str, Any]) -> None:
         if self.main:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if self.tensorboard:
+                self._open_tensorboard(purge_step=None)
+                for tag, value in self.tensorboard_scalars(rec).items():
+                    self._tb.add_scalar(tag, value, global_step=rec["step"])
 
     def trim_metrics(self, step: int) -> tuple[int, bool]:
         """Back to the checkpoint at `step`: drop what a stopped process wrote after it (later steps, a
@@ -266,6 +326,7 @@ class RunFolder:
         the last was torn). A damaged line before the end is no crash residue and is refused."""
         if not self.main:
             return 0, False
+        self._open_tensorboard(purge_step=step + 1)
         lines = [ln for ln in self.metrics_path.read_text().split("\n") if ln.strip()] \
             if self.metrics_path.exists() else []
         keep, torn = [], False
@@ -291,6 +352,8 @@ class RunFolder:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         if self.main:
             atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
+            if self._tb is not None:
+                self._tb.flush()  # a process killed later still leaves the events up to its checkpoint
 
     def load_checkpoint(self, device: torch.device) -> dict[str, Any]:
         """The checkpoint, loaded as data only (weights_only: a checkpoint never runs code)."""

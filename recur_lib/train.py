@@ -163,7 +163,13 @@ def lora_lr_scale(step: int, cfg: Config) -> float:
 
 
 class WeightAverager:
-    """EMA (decay per step) and SWA (uniform average of snapshots every k steps from a start step)."""
+    """EMA (decay per step) and SWA (uniform average of snapshots every k steps from a start step).
+
+    torch.optim.swa_utils.AveragedModel (EMA through get_ema_multi_avg_fn) computes the same numbers
+    bitwise once its EMA is handed the initial weights (its first update copies instead of averaging;
+    tested). This one stays because its state is two dicts of float32 tensors that the checkpoint holds
+    as they are, where AveragedModel deep-copies the whole module, buffers included, per average.
+    """
 
     def __init__(self, model: torch.nn.Module, cfg: Config) -> None:
         ph = cfg.phases()
@@ -401,6 +407,8 @@ def _start(job: Job) -> TrainState:
     run.log(job.model.describe())
     run.log(job.opt.table())
     run.log("phases    " + ", ".join(f"{k} {v}" for k, v in job.cfg.phases().items()))
+    for w in job.cfg.schedule_warnings():
+        run.log(f"warning: {w}")
     if job.cfg.train.warmup_steps:
         _prime(job)
     if job.cfg.train.val_every:  # the starting point of the val curve

@@ -181,3 +181,27 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path) -> None:
     path.write_bytes('{"model": {"dim": 128}, "run": {"name": "caf\u00e9"}}'.encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin1\.json: not UTF-8 text"):
         Config.load(path)
+
+
+def test_a_warmdown_as_long_as_the_run_is_named(capsys: pytest.CaptureFixture) -> None:
+    """A warmdown longer than the run puts the LR in warmdown from step 0 at a multiplier below 1; one as
+    long as the run leaves no constant phase. Both are said, in Config.schedule_warnings and by
+    `recur config show`; a warmdown inside the run says nothing."""
+    from recur_lib.cli import main
+    from recur_lib.train import lr_scale
+    long = Config.from_name("smoke", {"train.iterations": 100, "train.warmdown_iters": 400})
+    [w] = long.schedule_warnings()
+    assert "longer than the run (train.iterations = 100)" in w and "starts at 0.25, not 1" in w
+    assert lr_scale(0, 0.0, long) == 0.25 and "max_wallclock_s" not in w
+    capped = long.override({"train.max_wallclock_s": 60.0})
+    assert "if fewer than 400 steps fit in that time" in capped.schedule_warnings()[0]
+    whole = Config.from_name("smoke", {"train.iterations": 100, "train.warmdown_frac": 1.0})
+    assert whole.schedule_warnings() == ["the warmdown covers the whole run (100 steps = train.iterations): the LR "
+                                         "multiplier falls from 1 at step 0, with no constant phase"]
+    assert Config.from_name("pg-baseline").schedule_warnings() == Config.from_name("cpu").schedule_warnings() == []
+    assert main(["config", "show", "--preset", "smoke", "--set", "train.iterations=100",
+                 "--set", "train.warmdown_iters=400"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"# warning: {w}"
+    assert main(["config", "show", "--preset", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -575,6 +575,15 @@ def test_priming_steps_change_no_number(tiny_data: Path, tmp_path: Path) -> None
     assert lr_scale(0, 0.0, cfg_for(tiny_data, tmp_path, "x", **{"train.warmup_steps": 20})) == 1.0  # no LR warmup
 
 
+def test_a_warmdown_longer_than_the_run_is_a_warning_in_the_log(tiny_data: Path, tmp_path: Path) -> None:
+    r = train(cfg_for(tiny_data, tmp_path, "long-warmdown", iterations=3, **{"train.warmdown_iters": 6}))
+    log = (r.run_dir / "train.log").read_text()
+    assert "warning: the warmdown (6 steps) is longer than the run (train.iterations = 3)" in log
+    assert "starts at 0.5, not 1" in log
+    r = train(cfg_for(tiny_data, tmp_path, "short-warmdown", iterations=3, **{"train.warmdown_iters": 2}))
+    assert "warning: the warmdown" not in (r.run_dir / "train.log").read_text()
+
+
 def test_phases_as_fractions_of_the_run() -> None:
     """A *_frac field resolves against train.iterations, so a 250-step run and a 5,000-step run go
     through the same phases; step counts stay as given when no fraction is set."""
@@ -603,3 +612,30 @@ def test_lora_warmup_scales_only_the_lora_groups() -> None:
     assert lrs["lora"] == pytest.approx(cfg.optim.lora_lr * 0.5 * 0.25)
     assert lrs["matrices"] == pytest.approx(cfg.optim.matrix_lr * 0.5)
     assert lora_lr_scale(3, cfg) == 1.0 and lora_lr_scale(10, cfg) == 1.0
+
+
+def test_weight_averager_equals_torch_swa_utils_primed_at_init() -> None:
+    """torch.optim.swa_utils gives the same EMA and SWA bitwise, once its EMA is given the initial
+    weights (its first update copies rather than averages): why ours stays is in WeightAverager."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    cfg = Config.from_name("smoke", {"train.ema_decay": 0.9, "train.swa_start_frac": 0.5, "train.swa_every": 1,
+                                     "train.iterations": 8})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ours = WeightAverager(model, cfg)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=False)
+    swa = AveragedModel(model, use_buffers=False)
+    ema.update_parameters(model)
+    unprimed = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=False)
+    for step in range(1, 9):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+        ours.update(model, step)
+        ema.update_parameters(model)
+        unprimed.update_parameters(model)
+        if step >= ours.swa_start:
+            swa.update_parameters(model)
+    for avg, mine in ((ema, ours.ema), (swa, ours.swa)):
+        assert all(torch.equal(mine[n], p) for n, p in avg.module.named_parameters())
+    assert not all(torch.equal(ours.ema[n], p) for n, p in unprimed.module.named_parameters())

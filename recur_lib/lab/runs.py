@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,13 +207,44 @@ def run_evaluation(run_dir: str | Path, name: str = "eval", overrides: Mapping[s
     return ("finished", result, tail) if result is not None else ("eval_failed", None, tail)
 
 
+def _shown(path: Path) -> str:
+    """A path as status lines show it: project-relative when inside the project, so notebook outputs
+    carry no machine's absolute paths."""
+    try:
+        return resolve(path).resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _outcome(rec: RunRecord, seconds: float | None) -> str:
+    """One line for a run's end: status, steps, bpb, and for a failure its error and where its log is."""
+    s = rec.summary
+    if rec.status == "finished":
+        bpb = s.get("final_val_bpb")
+        text = f"finished {s.get('steps')} steps val_bpb " + (f"{bpb:.4f}" if isinstance(bpb, (int, float)) else "-")
+        if rec.eval:
+            text += f" quantized {rec.eval['quantized']['plain']['val_bpb']:.4f}"
+    elif rec.status == "diverged":
+        text = f"diverged: {s.get('reason')}"
+    elif rec.status == "interrupted":
+        text = f"interrupted at step {s.get('steps')} ({s.get('reason')}); it resumes on the next launch"
+    else:
+        last = s.get("error") or (rec.log_tail.strip().splitlines() or [""])[-1]
+        text = f"{rec.status}: {last} (log: {_shown(rec.run_dir / 'stdout.log')})"
+    return text + (" (reused)" if rec.reused else f" in {seconds:.0f} s" if seconds is not None else "")
+
+
 def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = None, evaluate: bool = True,
-           force: bool = False, quiet: bool = False, threads: int | None = None) -> RunRecord:
+           force: bool = False, quiet: bool = False, threads: int | None = None, label: str | None = None) -> RunRecord:
     """Train (and evaluate) one config as a subprocess; reuse a finished run, resume an unfinished one.
 
+    Prints a line when the job starts and one when the run ends (status, steps, val_bpb), each led by
+    `[label]` (default: run name and seed). The job's own output goes to RUN_DIR/stdout.log and, unless
+    `quiet`, into the cell as well.
     `threads`: CPU threads per process (default: the cores shared among the nproc processes).
     Never raises for a failing job: the record says `failed` and carries the log tail.
     """
+    label = label or f"{cfg.run.name} seed {cfg.run.seed}"
     nproc = nproc or cfg.run.nproc
     cfg = cfg.override({"run.nproc": nproc})
     rid = run_id(cfg)
@@ -222,7 +254,13 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     summary = read_summary(run_dir) or {}
     reused = summary.get("status") in FINAL_STATUSES and not force
     tail = ""
+    started = None
     if not reused:
+        started = time.monotonic()
+        done = summary.get("steps")
+        how = ("resuming" + (f" from step {done}" if done else "")) if (run_dir / "ckpt.pt").exists() and not force \
+            else "training"
+        print(f"[{label}] {how} in {_shown(run_dir)}", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "launch.json", cfg.to_json() + "\n")
         train_args = ["train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
@@ -244,7 +282,9 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     if evaluate and status == "finished" and (ev is None or not reused):
         status, ev, etail = run_evaluation(run_dir, quiet=quiet, threads=threads)
         tail += etail
-    return RunRecord(run_dir, status, cfg, summary, ev, reused, tail)
+    rec = RunRecord(run_dir, status, cfg, summary, ev, reused, tail)
+    print(f"[{label}] {_outcome(rec, None if started is None else time.monotonic() - started)}", flush=True)
+    return rec
 
 
 @dataclass
@@ -288,7 +328,8 @@ def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str |
           nproc: int = 1, parallel: int = 1, evaluate: bool = True, force: bool = False,
           quiet: bool = False) -> pd.DataFrame:
     """Every arm x seed; one row per run with the arm's name, overrides and labels as columns. A bad arm
-    (invalid config, crash, divergence) is a row too.
+    (invalid config, crash, divergence) is a row too. Each run prints `[arm seed N]` lines as `launch`
+    does (`quiet`: those lines only, not the training output).
 
     `parallel` jobs run at once, the cores split between them (on 2 CPU cores, 2 one-thread jobs
     of the quick model train ~1.25x faster in total than one two-thread job).
@@ -301,14 +342,12 @@ def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str |
         row: dict[str, Any] = {"arm": arm.name, "seed": seed, **arm.overrides, **arm.labels}
         try:
             cfg = base.override({**arm.overrides, "run.seed": seed, "run.name": _slug(arm.name)})
-            rec = launch(cfg, runs_dir, nproc=nproc, evaluate=evaluate, force=force, quiet=quiet, threads=threads)
+            rec = launch(cfg, runs_dir, nproc=nproc, evaluate=evaluate, force=force, quiet=quiet, threads=threads,
+                         label=f"{arm.name} seed {seed}")
             row.update(rec.row())
-            if rec.status not in ("finished", "diverged") and not quiet:
-                print(f"[{arm.name} seed {seed}] {rec.status}: {rec.log_tail.strip()[-800:]}", flush=True)
         except ConfigError as e:
             row.update({"status": "invalid_config", "error": str(e)})
-            if not quiet:
-                print(f"[{arm.name} seed {seed}] invalid config: {e}", flush=True)
+            print(f"[{arm.name} seed {seed}] invalid config: {e}", flush=True)
         return row
 
     return pd.DataFrame(_pool_map(one, jobs, parallel))
@@ -388,9 +427,13 @@ def lora_norm_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def save_table(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:
-    """Write a results table as CSV and JSON next to the executed notebook; returns the CSV path."""
+    """Write a results table as CSV and JSON next to the executed notebook; returns the CSV path. Run
+    folders inside the project are written project-relative, so a published table names no machine's
+    paths (`resolve` reads them back from anywhere)."""
     out = resolve(results_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if "run_dir" in df:
+        df = df.assign(run_dir=[_shown(Path(v)) if isinstance(v, str) else v for v in df["run_dir"]])
     df.to_csv(out / f"{name}.csv", index=False)
     df.to_json(out / f"{name}.json", orient="records", indent=2)
     return out / f"{name}.csv"

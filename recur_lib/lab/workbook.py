@@ -1,22 +1,28 @@
 """Run the workbook: every notebook through papermill at one preset, executed copies and HTML renderings
-written to results/<preset>/. A failing notebook is saved with papermill's error marker and reported;
-the others still run.
+written to results/local/<preset>/ (ignored by git), or for a published preset (cpu) to the tracked
+results/<preset>/. A failing notebook is saved with papermill's error marker and reported; the others
+still run.
 
     python -m recur_lib.cli workbook --preset quick          # what `make workbook` runs
     python -m recur_lib.cli workbook --preset cpu            # the published results (make workbook-cpu)
     python -m recur_lib.cli workbook --preset quick --param seeds=[0,1] --param 30_loop_scaling:loops=[1,2]
 
 A parameter goes to every notebook that declares it; `notebook:name=value` to one notebook only.
+While a notebook runs, the terminal shows what its cells print (the runner's line per run) and, on a
+terminal, a bar of its cells.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..paths import PROJECT_ROOT, atomic_write, resolve
 
@@ -79,7 +85,8 @@ def _cell_error(e: Exception) -> str:
 def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str, Any], html: bool = True) -> dict[str, Any]:
     """Execute one notebook into a staging folder; only a successful run moves its notebook, HTML and
     tables into results_dir, so a failure never replaces published results. A failed execution is kept
-    as <name>.failed.ipynb beside them, showing the failing cell."""
+    as <name>.failed.ipynb beside them, showing the failing cell. What the cells print is echoed to
+    this process's stdout and stderr as it comes."""
     import papermill as pm
     src = PROJECT_ROOT / "notebooks" / f"{name}.ipynb"
     stage = results_dir / f".staging-{name}"
@@ -89,11 +96,20 @@ def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str
     params = {"preset": preset, "results_dir": _project_relative(stage), **parameters}
     t0 = time.time()
     status, error = "ok", None
-    try:
-        pm.execute_notebook(str(src), str(staged), parameters=params, cwd=str(PROJECT_ROOT / "notebooks"),
-                            kernel_name="python3", progress_bar=False, request_save_on_cell_execute=True)
-    except Exception as e:  # PapermillExecutionError, a dead kernel...: recorded, the next notebook runs
-        status, error = "failed", _cell_error(e)
+    out_echo, err_echo = _Echo(sys.stdout), _Echo(sys.stderr)
+    # A bar of cells on a terminal only: in a log or a test it would be a line of control characters.
+    bar = ({"desc": f"   {name}", "leave": False, "file": sys.stderr, "dynamic_ncols": True,
+            "bar_format": "{desc}: cell {n_fmt}/{total_fmt} |{bar:24}| {elapsed}"} if sys.stderr.isatty() else False)
+    with tempfile.TemporaryDirectory(prefix="recur-kernel-") as kernel_dir:
+        try:
+            pm.execute_notebook(str(src), str(staged), parameters=params, cwd=str(PROJECT_ROOT / "notebooks"),
+                                kernel_name="python3", progress_bar=bar, request_save_on_cell_execute=True,
+                                stdout_file=out_echo, stderr_file=err_echo, **_kernel_kwargs(Path(kernel_dir)))
+        except Exception as e:  # PapermillExecutionError, a dead kernel...: recorded, the next notebook runs
+            status, error = "failed", _cell_error(e)
+        finally:
+            out_echo.close()
+            err_echo.close()
     seconds = round(time.time() - t0, 1)
     out = results_dir / f"{name}.ipynb"
     if status == "ok":
@@ -112,23 +128,72 @@ def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str
 
 
 def _publish_paths(notebook: Path, stage: Path, results_dir: Path) -> None:
-    """The executed notebook names the staging folder in its parameters: name the published one."""
-    text = notebook.read_text()
+    """The executed notebook names the staging folder in its parameters: name the published one. Paths
+    inside the project (papermill's input and output paths, run folders in displayed tables) become
+    project-relative, so a published notebook names no machine's folders."""
+    text = re.sub(r"(?<![\w./-])" + re.escape(str(PROJECT_ROOT) + os.sep), "", notebook.read_text())
     notebook.write_text(text.replace(_project_relative(stage), _project_relative(results_dir)))
+
+
+class _Echo:
+    """Where papermill writes what the notebook's cells print, as they print it: whole lines, indented
+    under the notebook's header, written above the cell bar when there is one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            shown = line.rsplit("\r", 1)[-1]  # a line rewritten in place: its last state, as a terminal shows it
+            tqdm.write(f"   {shown}", file=self._stream)
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._partial:
+            self.write("\n")
+
+
+def _kernel_kwargs(folder: Path) -> dict[str, Any]:
+    """The kernel talks to papermill over Unix sockets in `folder` rather than TCP on localhost: no port
+    another local user could connect to, and no "Kernel is running over TCP without encryption"
+    warning from ipykernel on every notebook. Elsewhere (Windows) the default TCP kernel."""
+    if os.name != "posix":
+        return {}
+    from jupyter_client.manager import AsyncKernelManager
+    return {"km": AsyncKernelManager(kernel_name="python3", transport="ipc", connection_file=str(folder / "kernel.json"),
+                                     ip=str(folder / "kernel"))}
 
 
 # The sizes every notebook runs at: the seeds' full-size shapes train on a GPU (`recur train --preset seed-927`).
 WORKBOOK_PRESETS = ("smoke", "quick", "cpu")
+# Only these presets' results are published (tracked by git, under results/<preset>/); every other
+# preset writes under LOCAL_RESULTS, which .gitignore names, so running the workbook changes no
+# tracked file.
+PUBLISHED_PRESETS = ("cpu",)
+LOCAL_RESULTS = "results/local"
 
 
-def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, results_root: str = "results",
+def default_results_root(preset: str) -> str:
+    """Where a preset's workbook goes when the caller names no folder (relative to the project)."""
+    return "results" if preset in PUBLISHED_PRESETS else LOCAL_RESULTS
+
+
+def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, results_root: str | None = None,
                  parameters: dict[str, Any] | None = None, html: bool = True) -> list[dict[str, Any]]:
+    """Execute `notebooks` at `preset` into <results_root>/<preset>/ (default: `default_results_root`);
+    returns one report per notebook (status, seconds, output, error) and merges it into workbook.json."""
     if preset not in WORKBOOK_PRESETS:
         raise ValueError(f"the workbook runs at {', '.join(WORKBOOK_PRESETS)}, not {preset!r}: its notebooks size "
                          "every arm from these presets. Full-size seed presets train one at a time on a GPU, "
                          "e.g. `recur train --preset seed-927`")
     per_notebook = notebook_parameters(preset, notebooks, parameters)
-    results_dir = resolve(results_root) / preset
+    results_dir = resolve(results_root or default_results_root(preset)) / preset
     results_dir.mkdir(parents=True, exist_ok=True)
     report = []
     for name in notebooks:
@@ -137,7 +202,6 @@ def run_workbook(preset: str = "quick", notebooks: tuple[str, ...] = NOTEBOOKS, 
         print(f"   {r['status']} in {r['seconds']} s -> {r['output']}" + (f"\n   {r['error']}" if r["error"] else ""),
               flush=True)
         report.append(r)
-    import json
     # One entry per notebook: its published (successful) execution, and the latest failure if one came after.
     path = results_dir / "workbook.json"
     merged = {r["notebook"]: r for r in (json.loads(path.read_text()) if path.exists() else [])}

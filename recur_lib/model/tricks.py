@@ -128,9 +128,9 @@ def add_loop_embedding(x: torch.Tensor, table: torch.Tensor, steps: Sequence[Ste
     """Loop embedding: at the first step of each pass of a shared core (role core or repeat), add a
     learned vector for the loop index, so a shared block can tell its passes apart.
 
-    Source: per-iteration embeddings of parameter-golf #1110 (via the field notes); the table starts at
-    zero, so it begins as a no-op. Loops beyond the trained ones (evaluation at more loops) reuse the
-    last row.
+    Source: per-iteration embeddings of parameter-golf #1110
+    (https://github.com/openai/parameter-golf/pull/1110); the table starts at zero, so it begins as a
+    no-op. Loops beyond the trained ones (evaluation at more loops) reuse the last row.
     """
     st = steps[i]
     if st.role in ("core", "repeat") and (i == 0 or steps[i - 1].loop != st.loop or steps[i - 1].role != st.role):

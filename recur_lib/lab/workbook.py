@@ -101,13 +101,15 @@ def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str
     bar = ({"desc": f"   {name}", "leave": False, "file": sys.stderr, "dynamic_ncols": True,
             "bar_format": "{desc}: cell {n_fmt}/{total_fmt} |{bar:24}| {elapsed}"} if sys.stderr.isatty() else False)
     with tempfile.TemporaryDirectory(prefix="recur-kernel-") as kernel_dir:
+        kernel = _kernel_kwargs(Path(kernel_dir))
         try:
             pm.execute_notebook(str(src), str(staged), parameters=params, cwd=str(PROJECT_ROOT / "notebooks"),
                                 kernel_name="python3", progress_bar=bar, request_save_on_cell_execute=True,
-                                stdout_file=out_echo, stderr_file=err_echo, **_kernel_kwargs(Path(kernel_dir)))
+                                stdout_file=out_echo, stderr_file=err_echo, **kernel)
         except Exception as e:  # PapermillExecutionError, a dead kernel...: recorded, the next notebook runs
             status, error = "failed", _cell_error(e)
         finally:
+            _shutdown(kernel.get("km"))
             out_echo.close()
             err_echo.close()
     seconds = round(time.time() - t0, 1)
@@ -168,6 +170,14 @@ def _kernel_kwargs(folder: Path) -> dict[str, Any]:
     from jupyter_client.manager import AsyncKernelManager
     return {"km": AsyncKernelManager(kernel_name="python3", transport="ipc", connection_file=str(folder / "kernel.json"),
                                      ip=str(folder / "kernel"))}
+
+
+def _shutdown(km: Any) -> None:
+    """nbclient leaves a kernel manager it was handed to its owner: without this the kernel lingers
+    until it notices its parent is gone, and says so on the terminal."""
+    if km is not None and km.has_kernel:
+        from jupyter_client.utils import run_sync
+        run_sync(km.shutdown_kernel)(now=False)
 
 
 # The sizes every notebook runs at: the seeds' full-size shapes train on a GPU (`recur train --preset seed-927`).

@@ -28,6 +28,7 @@ from .version import __version__
 _LAB = {
     "runs": ("recur_lib.lab.runs", None), "ablations": ("recur_lib.lab.ablations", None),
     "plots": ("recur_lib.lab.plots", None), "workbook": ("recur_lib.lab.workbook", None),
+    "stats": ("recur_lib.lab.stats", None), "probes": ("recur_lib.lab.probes", None),
     "launch": ("recur_lib.lab.runs", "launch"), "sweep": ("recur_lib.lab.runs", "sweep"),
     "Arm": ("recur_lib.lab.runs", "Arm"), "runlist": ("recur_lib.lab.runlist", None),
     "list_runs": ("recur_lib.lab.runlist", "list_runs"), "compare_runs": ("recur_lib.lab.runlist", "compare_runs"),

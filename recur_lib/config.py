@@ -184,6 +184,11 @@ class OptimConfig(_Group):
     lora_scale_rule: Literal["keller", "moonlight", "none"] = _f(
         "keller", "Muon update scale for LoRA factors when they are on Muon (the ablation varies it)")
     lora_weight_decay: float = _f(0.0, "decoupled weight decay on LoRA factors", 0.0, 1.0)
+    lora_lr_a: float = _f(0.0, "lr of the LoRA A factors (0: optim.lora_lr)", 0.0, 10.0)
+    lora_lr_b: float = _f(0.0, "lr of the LoRA B factors (0: optim.lora_lr)", 0.0, 10.0)
+    lora_b_step_mult: float = _f(1.0, "multiplies the B factors' lr: on Muon with lora_scale_rule 'none', B's step "
+                                 "relative to a base weight's (keller gives sqrt(d/r): 8.5 for #1096's 576x8, 2.8 "
+                                 "for 64x8)", 0.0, 1000.0)
     muon_momentum: float = _f(0.95, "Muon momentum after warmup (#927: 0.99)", 0.0, 1.0)
     muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0", 0.0, 1.0)
     muon_momentum_warmup_steps: int = _f(500, "steps to warm Muon momentum up", 0, None)

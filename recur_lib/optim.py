@@ -85,12 +85,15 @@ class Muon(torch.optim.Optimizer):
     the PRs' code was not checked.
     """
 
-    def __init__(self, params: list[torch.Tensor], lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, scale_rule: str = "keller", weight_decay: float = 0.0,
+    def __init__(self, params: list[torch.Tensor] | list[dict[str, Any]], lr: float, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, scale_rule: str = "keller", weight_decay: float = 0.0,
                  row_normalize: bool = False) -> None:
+        """params: tensors, or param groups (dicts with "params" and per-group settings such as "lr")."""
         if scale_rule not in SCALE_RULES:
             raise ValueError(f"unknown Muon scale rule {scale_rule!r}; choose from {list(SCALE_RULES)}")
-        for p in params:
+        params = list(params)
+        tensors = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+        for p in tensors:
             if p.ndim != 2:
                 raise ValueError(f"Muon trains 2-D matrices only, got a tensor of shape {tuple(p.shape)}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
@@ -166,6 +169,16 @@ def route_parameters(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.
     return groups
 
 
+def _lora_parts(named: list[tuple[str, torch.Tensor]], o: Any) -> list[dict[str, Any]]:
+    """The LoRA factors as two param groups of one optimizer, A then B, each with its lr: the LoRA
+    ablation steers the factors apart (optim.lora_lr_a, lora_lr_b, lora_b_step_mult). Two groups
+    with equal lr compute what one group does, bitwise (each matrix is updated on its own)."""
+    a = [p for n, p in named if n.endswith(".A")]
+    b = [p for n, p in named if n.endswith(".B")]
+    return [part for part in ({"params": a, "lr": o.lora_lr_a or o.lora_lr},
+                              {"params": b, "lr": (o.lora_lr_b or o.lora_lr) * o.lora_b_step_mult}) if part["params"]]
+
+
 class Optimizers:
     """The optimizers of one model, built from the routing table and the config."""
 
@@ -185,15 +198,15 @@ class Optimizers:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         for g, named in self.groups.items():
             kind, lr, wd, rule = spec[g]
-            params = [p for _, p in named]
+            parts = _lora_parts(named, o) if g == "lora" else [{"params": [p for _, p in named], "lr": lr}]
             if kind == "muon":
-                opt: torch.optim.Optimizer = Muon(params, lr=lr, momentum=o.muon_momentum, ns_steps=o.muon_ns_steps,
+                opt: torch.optim.Optimizer = Muon(parts, lr=lr, momentum=o.muon_momentum, ns_steps=o.muon_ns_steps,
                                                   scale_rule=rule, weight_decay=wd,
                                                   row_normalize=o.muon_row_normalize and g == "matrices")
             else:
-                opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **adam)
+                opt = torch.optim.AdamW(parts, lr=lr, weight_decay=wd, **adam)
             for pg in opt.param_groups:
-                pg["base_lr"] = lr
+                pg["base_lr"] = pg["lr"]
             self.optimizers[g] = opt
 
     def set_lr_scale(self, scale: float, lora_scale: float = 1.0) -> None:
@@ -229,8 +242,9 @@ class Optimizers:
         """The routing table as text: group, optimizer, lr, wd, scale rule, tensors, parameters, examples."""
         rows = [f"{'group':<13} {'optimizer':<9} {'lr':>8} {'wd':>6} {'scale':<9} {'tensors':>7} {'params':>11}  examples"]
         for g, named in self.groups.items():
-            kind, lr, wd, rule = self.spec[g]
+            kind, _, wd, rule = self.spec[g]
             n = sum(p.numel() for _, p in named)
             ex = ", ".join(name for name, _ in named[:2]) + (", ..." if len(named) > 2 else "")
-            rows.append(f"{g:<13} {kind:<9} {lr:>8.4g} {wd:>6.3g} {rule or '-':<9} {len(named):>7} {n:>11,}  {ex}")
+            lr = "/".join(f"{pg['base_lr']:.4g}" for pg in self.optimizers[g].param_groups)  # A/B for LoRA factors
+            rows.append(f"{g:<13} {kind:<9} {lr:>8} {wd:>6.3g} {rule or '-':<9} {len(named):>7} {n:>11,}  {ex}")
         return "\n".join(rows)

@@ -234,8 +234,9 @@ class RunFolder:
     TENSORBOARD_DIR = "tensorboard"
     TENSORBOARD_MISSING = ("run.tensorboard is on but TensorBoard cannot be imported ({why}): "
                            "pip install 'recur-golf[tensorboard]', or set run.tensorboard=false")
-    # Lists in a metrics record whose entries have names: lora_norms holds (||A||, ||B||, ||BA||) per factor.
-    LIST_LABELS = {"lora_norms": ("A", "B", "BA")}
+    # Lists in a metrics record whose entries have names: lora_norms holds (||A||, ||B||, ||BA||, ||BA||_2 / ||W||_2)
+    # per factor.
+    LIST_LABELS = {"lora_norms": ("A", "B", "BA", "BA_over_W")}
 
     @classmethod
     def tensorboard_scalars(cls, rec: dict[str, Any]) -> dict[str, float]:

@@ -217,20 +217,31 @@ class WeightAverager:
 
 @torch.no_grad()
 def lora_norms(model: RecurGPT) -> dict[str, list[float]]:
-    """Per (block, loop, target): Frobenius norms of A, B and of the product BA (u, v, uv^T for vectors)."""
+    """Per (block, loop, target): Frobenius norms of A, B and of the product BA (u, v, uv^T for vectors),
+    and ||BA||_2 / ||W||_2, the delta's spectral norm against its base weight's: how far one loop's
+    weight has moved from the shared one."""
     out: dict[str, list[float]] = {}
     if model.loop_lora is None:
         return out
     for key, lora in model.loop_lora.items():
+        block = model.blocks[int(key.split("_")[0][1:])]
         for target, f in lora.items():
+            w = _lora_base(block, target).weight.detach().float()
+            w2 = torch.linalg.matrix_norm(w, ord=2).item()
             if f.form == "vectors":
                 a, b = f.v.norm().item(), f.u.norm().item()
-                out[f"{key}.{target}"] = [a, b, a * b]
+                out[f"{key}.{target}"] = [a, b, a * b, a * b / w2 if w2 else math.inf]
             else:
                 A, B = f.A.float(), f.B.float()
                 ba = torch.trace((B.T @ B) @ (A @ A.T)).clamp_min(0).sqrt().item()  # ||BA||_F without forming BA
-                out[f"{key}.{target}"] = [A.norm().item(), B.norm().item(), ba]
+                ba2 = torch.linalg.matrix_norm(B @ A, ord=2).item()
+                out[f"{key}.{target}"] = [A.norm().item(), B.norm().item(), ba, ba2 / w2 if w2 else math.inf]
     return out
+
+
+def _lora_base(block: torch.nn.Module, target: str) -> torch.nn.Module:
+    """The projection a LoRA target adapts: q, k, v, o in attention, fc, proj in the MLP."""
+    return getattr(block.attn if target in ("q", "k", "v", "o") else block.mlp, target)
 
 
 # -- the job ------------------------------------------------------------------------------------------

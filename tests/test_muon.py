@@ -143,3 +143,43 @@ def test_torch_muon_differs_by_rounding_at_constant_momentum_and_by_direction_in
             assert theirs["max_rel_fro"] < 0.06 and theirs["max_rel_fro"] < 1.5 * rounding["max_rel_fro"]
         else:
             assert theirs["last_rel_fro"] > 0.25 > 3 * rounding["max_rel_fro"]
+
+
+def lora_model(**optim: object) -> torch.nn.Module:
+    return build_model(Config.from_name("seed-1096-smoke", {
+        "model.loop_lora_rank": 4, "model.loop_lora_form": "matrices", "optim.lora_optimizer": "muon",
+        "optim.lora_scale_rule": "none", **{f"optim.{k}": v for k, v in optim.items()}}))
+
+
+def test_lora_factors_get_their_own_lr_and_a_b_step_multiplier() -> None:
+    """A and B are two param groups of the LoRA optimizer: lr_a, lr_b (default lora_lr) and a B-step
+    multiplier; the LR schedule scales both."""
+    m = lora_model(lora_lr=0.02, lora_lr_a=0.01, lora_b_step_mult=3.0)
+    opt = Optimizers(m, m.cfg)
+    a, b = opt.optimizers["lora"].param_groups
+    names = dict((id(p), n) for n, p in m.named_parameters())
+    assert all(names[id(p)].endswith(".A") for p in a["params"]) and all(names[id(p)].endswith(".B") for p in b["params"])
+    assert (a["lr"], b["lr"]) == pytest.approx((0.01, 0.06))
+    opt.set_lr_scale(0.5, lora_scale=0.5)
+    assert (a["lr"], b["lr"]) == pytest.approx((0.0025, 0.015))
+    assert "0.01/0.06" in opt.table()
+
+
+def test_the_b_step_multiplier_multiplies_b_steps_only() -> None:
+    """One step from the same weights and gradients: B moves exactly m times as far, A as before."""
+    moves = {}
+    for mult in (1.0, 9.8):
+        torch.manual_seed(0)
+        m = lora_model(lora_b_step_mult=mult)
+        opt = Optimizers(m, m.cfg)
+        before = {n: p.detach().clone() for n, p in m.named_parameters() if "loop_lora" in n}
+        torch.manual_seed(1)
+        for n, p in m.named_parameters():
+            p.grad = torch.randn_like(p)
+        opt.optimizers["lora"].step()
+        moves[mult] = {n: (p.detach() - before[n]) for n, p in m.named_parameters() if n in before}
+    for n, d in moves[1.0].items():
+        if n.endswith(".B"):
+            assert torch.allclose(moves[9.8][n], 9.8 * d, rtol=1e-5, atol=1e-9) and d.abs().max() > 0
+        else:
+            assert torch.equal(moves[9.8][n], d)

@@ -107,3 +107,24 @@ def test_a_failing_notebook_leaves_published_results_alone(tiny_data: Path, tmp_
 def test_workbook_presets_are_the_cpu_sizes() -> None:
     with pytest.raises(ValueError, match="recur train --preset seed-927"):
         run_workbook("full", ("00_quickstart",))
+
+
+def test_the_lora_regime_design_runs_and_decides(tiny_data: Path, tmp_path: Path) -> None:
+    report = run_workbook("smoke", ("10_lora_rank_divergence",), str(tmp_path), {
+        "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB}, "design": "regime",
+        "runs_dir": str(tmp_path / "runs"), "parallel": 2}, html=False)
+    assert report[0]["status"] == "ok", report[0]["error"]
+    runs = pd.read_csv(tmp_path / "smoke" / "10_lora_runs.csv")
+    assert len(runs) == 16 and set(runs["b_mult"].dropna()) == {1.0, 2.0, 9.8}
+    nb = json.loads((tmp_path / "smoke" / "10_lora_rank_divergence.ipynb").read_text())
+    printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "- B-step x9.8: diverged" in printed
+
+
+def test_quant_probe_tables(workbook: Path) -> None:
+    s = pd.read_csv(workbook / "20_quant_probe.csv")
+    assert set(zip(s["arch"], s["qat"])) == {("shared", "off"), ("shared", "on"), ("hybrid", "off"), ("hybrid", "on")}
+    assert set(s["scheme"]) == {"baseline", "rowmax"} and finite(s["dloss_all"]) and finite(s["rel_error_first"])
+    steps = pd.read_csv(workbook / "20_quant_probe_steps.csv")
+    assert len(steps) == sum(len(g) for _, g in steps.groupby(["arm", "scheme"]))
+    assert (steps["rel_error"] > 0).all()

@@ -60,7 +60,7 @@ def test_finished_run_writes_everything(tiny_data: Path, tmp_path: Path) -> None
     assert set(logged[0]["update_rms"]) == {"scalars", "embed", "matrices", "lora"}
     norms = logged[-1]["lora_norms"]
     assert set(norms) == {f"b1_l{loop}.{t}" for loop in (0, 1) for t in ("q", "k", "v", "o", "fc", "proj")}
-    assert all(len(v) == 3 and v[1] > 0 for v in norms.values())  # B moved off its zero init
+    assert all(len(v) == 4 and v[1] > 0 and v[3] > 0 for v in norms.values())  # B moved off its zero init
     assert [x["step"] for x in recs if "val_bpb" in x] == [0, 4, 8] and recs[-1]["final"]
     assert "matrices      muon" in (r.run_dir / "train.log").read_text()
 
@@ -73,9 +73,12 @@ def test_lora_product_norm_is_the_norm_of_BA(tiny_data: Path, tmp_path: Path) ->
         for p in m.parameters():
             p.add_(torch.randn_like(p))
     f = m.loop_lora["b1_l1"]["fc"]
-    a, b, ba = lora_norms(m)["b1_l1.fc"]
+    a, b, ba, ratio = lora_norms(m)["b1_l1.fc"]
     assert (a, b) == pytest.approx((f.A.norm().item(), f.B.norm().item()))
     assert ba == pytest.approx((f.B @ f.A).norm().item(), rel=1e-4)
+    w = m.blocks[1].mlp.fc.weight
+    s = torch.linalg.svdvals
+    assert ratio == pytest.approx((s(f.B @ f.A)[0] / s(w)[0]).item(), rel=1e-4)
 
 
 def test_resume_reproduces_the_uninterrupted_run_bitwise(tiny_data: Path, tmp_path: Path) -> None:

@@ -1,16 +1,20 @@
 """The three ablations: their arms, their tables, and the sentences printed under the tables.
 
 The verdicts are computed from the results, so a notebook never states a finding its own data do not
-show; when an effect does not appear, the text says so.
+show. Each decides from an interval (`stats.py`: paired by seed, t-based; Wilson and Newcombe for
+divergence rates), never from a fixed threshold on a point estimate, and says "inconclusive" when the
+interval straddles the decision: with one seed, every verdict is inconclusive.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import pandas as pd
 
 from ..config import Config
 from .runs import Arm
+from .stats import decide, mean_ci, paired_diff, rate_ci, rate_diff_ci
 
 LORA_ARMS = ("rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none", "rank8-muon-moonlight", "rank8-adamw")
 
@@ -29,6 +33,41 @@ def lora_arms(lr_adamw: float, lr_muon: float, rank: int = 8) -> dict[str, Arm]:
              for rule in ("keller", "none", "moonlight")]
     arms.append(Arm(f"rank{rank}-adamw", {**mats, "optim.lora_optimizer": "adamw", "optim.lora_lr": lr_adamw},
                     {"rank": rank, "optimizer": "adamw", "scale_rule": None}))
+    return {a.name: a for a in arms}
+
+
+def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None = None,
+                     betas: tuple[float, ...] = (0.95, 0.99), lrs: tuple[float, ...] = (0.01, 0.04),
+                     warmup_frac: float = 2 / 3) -> dict[str, Arm]:
+    """#1096 at its regime (stage 1 of the LoRA question): rank-r matrices on Muon with scale rule
+    'none' and an explicit B-step multiplier, so that B's step relative to a base weight's is the
+    multiplier itself: 1, sqrt(dim / rank) (what the keller rule gives; 2.8 at 64 x 8) and 9.8 (#1096's
+    576 x 8 B as measured through 5-step Newton-Schulz in bf16); x the final Muon momentum (the seed's
+    0.99 and the baseline's 0.95, warmed from 0.92 over `warmup_frac` of the run, then held, as the seed's
+    1,500-step warmup was followed by its divergences) x the LoRA lr. Controls: rank r on AdamW at 0.025
+    (#1096 v3) and 0.01 (v7 without its warmup), rank-1 vectors on AdamW at 0.025 (the seed's final
+    model), rank-1 matrices on Muon keller.
+    Labels: optimizer, rank, b_mult, beta, lr."""
+    b_mults = b_mults or (1.0, round((dim / rank) ** 0.5, 3), 9.8)
+    mats = {"model.loop_lora_rank": rank, "model.loop_lora_form": "matrices"}
+    momentum = {"optim.muon_momentum_warmup_start": 0.92, "optim.muon_momentum_warmup_frac": warmup_frac}
+    arms = []
+    for beta in betas:
+        for mult in b_mults:
+            for lr in lrs:
+                arms.append(Arm(f"muon-r{rank}-b{mult:g}-beta{beta:g}-lr{lr:g}",
+                                {**mats, **momentum, "optim.muon_momentum": beta, "optim.lora_optimizer": "muon",
+                                 "optim.lora_scale_rule": "none", "optim.lora_b_step_mult": mult, "optim.lora_lr": lr},
+                                {"optimizer": "muon", "rank": rank, "b_mult": mult, "beta": beta, "lr": lr}))
+    controls = [("adamw", rank, "matrices", 0.025, None), ("adamw", rank, "matrices", 0.01, None),
+                ("adamw", 1, "vectors", 0.025, None), ("muon", 1, "matrices", min(lrs), "keller")]
+    for opt, r, form, lr, rule in controls:
+        over = {"model.loop_lora_rank": r, "model.loop_lora_form": form, "optim.lora_optimizer": opt,
+                "optim.lora_lr": lr, **momentum, "optim.muon_momentum": max(betas)}
+        if rule:
+            over["optim.lora_scale_rule"] = rule
+        arms.append(Arm(f"control-{opt}-r{r}-{form}-lr{lr:g}", over,
+                        {"optimizer": opt, "rank": r, "b_mult": None, "beta": max(betas), "lr": lr}))
     return {a.name: a for a in arms}
 
 
@@ -51,22 +90,31 @@ def quant_arms(loops: list[int], qat_bits: int) -> dict[str, Arm]:
     return {a.name: a for a in arms}
 
 
-def loop_arms(loops: list[int], base: Config, fixed_compute: bool) -> dict[str, Arm]:
-    """Hybrid 1 + 2 x L + 1 (4 unique blocks) for each L: fixed parameters, and optionally fixed compute
-    (iterations scaled so iterations x effective layers matches the smallest L).
-    Labels: mode (params | compute), loops (L)."""
+def loop_arms(loops: list[int], base: Config, fixed_compute: bool, flat_control: bool = False) -> dict[str, Arm]:
+    """Hybrid 1 + 2 x L + 1 (4 unique blocks) for each L at fixed parameters; optionally at fixed compute
+    (iterations scaled so that iterations x training FLOPs per token, head and attention included,
+    matches the smallest L: `model.flops.measured_flops`), and a flat control of the same effective
+    depth 2 + 2L with unique blocks (depth without sharing).
+    Labels: mode (params | compute | flat), loops (L)."""
+    from ..model.flops import measured_flops
+
+    def hybrid(L: int) -> dict[str, object]:
+        return {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2, "schedule.n_loops": L,
+                "schedule.n_coda": 1}
+
     arms = []
-    ref = 2 + 2 * min(loops)
+    ref = measured_flops(base.override(hybrid(min(loops))))
     for L in loops:
-        shape = {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2, "schedule.n_loops": L,
-                 "schedule.n_coda": 1}
-        arms.append(Arm(f"params-L{L}", shape, {"mode": "params", "loops": L}))
+        arms.append(Arm(f"params-L{L}", hybrid(L), {"mode": "params", "loops": L}))
         if fixed_compute and L != min(loops):
-            iters = max(1, round(base.train.iterations * ref / (2 + 2 * L)))
+            iters = max(1, round(base.train.iterations * ref / measured_flops(base.override(hybrid(L)))))
             warmdown = min(base.train.warmdown_iters, iters)
-            arms.append(Arm(f"compute-L{L}", {**shape, "train.iterations": iters, "train.warmdown_iters": warmdown,
+            arms.append(Arm(f"compute-L{L}", {**hybrid(L), "train.iterations": iters, "train.warmdown_iters": warmdown,
                                               "train.lr_warmup_steps": min(base.train.lr_warmup_steps, iters)},
                             {"mode": "compute", "loops": L}))
+        if flat_control and L > 1:
+            arms.append(Arm(f"flat-{2 + 2 * L}", {"schedule.kind": "flat", "schedule.n_layers": 2 + 2 * L},
+                            {"mode": "flat", "loops": L}))
     return {a.name: a for a in arms}
 
 
@@ -115,86 +163,189 @@ def loop_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def divergence_counts(df: pd.DataFrame) -> pd.DataFrame:
-    """Per arm: runs, diverged runs, median divergence step, mean final bpb of the finished ones."""
+    """Per arm: runs, diverged runs, the divergence rate with its 95% Wilson interval, the median
+    divergence step, the mean final bpb of the finished runs, and the mean instability statistics
+    (peak rise of the smoothed loss over its running minimum, spikes) where the runs recorded them."""
     g = df.groupby("arm", sort=False)
     out = pd.DataFrame({"runs": g.size(), "diverged": g["status"].apply(lambda s: int((s == "diverged").sum()))})
+    rates = [rate_ci(int(k), int(n)) for k, n in zip(out["diverged"], out["runs"])]
+    out["rate_lo"], out["rate_hi"] = [r.lo for r in rates], [r.hi for r in rates]
     out["median_diverge_step"] = g["diverged_at_step"].median() if "diverged_at_step" in df else None
     if "final_val_bpb" in df:
         out["bpb_mean"] = g["final_val_bpb"].mean()
         out["bpb_std"] = g["final_val_bpb"].std()
+    for col in ("loss_peak_excess", "loss_spikes"):
+        if col in df:
+            out[f"{col}_mean"] = g[col].mean()
     return out.reset_index()
 
 
+def _rate_line(arm: str, r: pd.Series) -> str:
+    k, n = int(r.diverged), int(r.runs)
+    text = f"- {arm}: diverged in {k}/{n} runs (rate 95% CI [{r.rate_lo:.0%}, {r.rate_hi:.0%}])"
+    if k:
+        text += f", median step {r.median_diverge_step:.0f}"
+    if "loss_peak_excess_mean" in r and pd.notna(r.loss_peak_excess_mean):
+        text += f"; peak loss rise {r.loss_peak_excess_mean:.2f} nats, {r.loss_spikes_mean:.1f} spikes"
+    return text
+
+
 def lora_verdict(df: pd.DataFrame) -> str:
+    """#1096's claim: rank-8 factors on Muon diverge because of the keller shape scale. Decided from the
+    difference of divergence rates, keller minus scale 1 (Newcombe's interval), and, where the runs
+    recorded it, the paired-by-seed difference of the peak loss rise (a continuous measure that sees
+    instability short of divergence)."""
     c = divergence_counts(df).set_index("arm")
+    lines = [_rate_line(arm, r) for arm, r in c.iterrows()]
+    keller, none, moon, adam8 = LORA_ARMS[1:]
 
-    def rate(arm: str) -> float:
-        return c.loc[arm, "diverged"] / c.loc[arm, "runs"] if arm in c.index else float("nan")
+    def k(arm: str) -> int:
+        return int(c.loc[arm, "diverged"]) if arm in c.index else 0
 
-    lines = [f"- {arm}: diverged in {int(r.diverged)}/{int(r.runs)} runs"
-             + (f" (median step {r.median_diverge_step:.0f})" if r.diverged else "") for arm, r in c.iterrows()]
-    keller, none, moon, adam8 = (rate(a) for a in LORA_ARMS[1:])
-    if not any(rate(a) > 0 for a in c.index):
-        verdict = ("No arm diverged at this preset, so #1096's rank-8 divergence is not reproduced here; "
-                   "the mechanism question stays open at this scale (longer runs or higher LoRA learning rates "
-                   "may be needed).")
-    elif adam8 > 0 and keller > 0:
-        verdict = ("Rank 8 diverged on AdamW as well as on Muon: the data implicate the rank-8 per-loop delta "
-                   "itself more than Muon's shape scale.")
-    elif keller > 0 and none == 0:
-        verdict = ("Rank 8 on Muon diverged with the keller sqrt(rows/cols) scale but not with scale 1: the data "
-                   "support #1096's explanation (the shape scale amplifying the thin B factor).")
-    elif keller > 0 and none > 0:
-        verdict = ("Rank 8 on Muon diverged with scale 1 too, so the keller scale is not the whole cause, as #1096 "
+    def n(arm: str) -> int:
+        return int(c.loc[arm, "runs"]) if arm in c.index else 0
+
+    d = rate_diff_ci(k(keller), n(keller), k(none), n(none))
+    peak = (paired_diff(df, "loss_peak_excess", by="arm", a=keller, b=none)
+            if "loss_peak_excess" in df and {keller, none} <= set(df["arm"]) else None)
+    if peak is not None and peak.n:
+        lines.append(f"- peak loss rise, keller - scale 1, paired by seed: {peak}")
+    if not c["diverged"].any():
+        verdict = (f"No arm diverged ({int(c['runs'].min())}-{int(c['runs'].max())} runs per arm): every arm's "
+                   f"divergence rate is below {c['rate_hi'].max():.0%} (95% upper bound). #1096's rank-8 divergence "
+                   "is not reproduced at this preset: a bounded null, not a refutation.")
+        if peak is not None and decide(peak) == "higher":
+            verdict += (" The keller scale does raise the peak loss rise over scale 1, short of divergence, in the "
+                        "direction #1096 described.")
+    elif k(adam8) and k(keller):
+        verdict = (f"Rank 8 diverged on AdamW ({k(adam8)}/{n(adam8)}) as well as on Muon keller "
+                   f"({k(keller)}/{n(keller)}): the data implicate the rank-8 per-loop delta itself more than "
+                   "Muon's shape scale.")
+    elif decide(d) == "higher":
+        verdict = (f"Rank 8 on Muon diverged more often with the keller sqrt(rows/cols) scale than with scale 1 "
+                   f"(rate difference {d}): the data support #1096's explanation (the shape scale amplifying "
+                   "the thin B factor).")
+    elif decide(d) == "lower":
+        verdict = (f"Scale 1 diverged more often than the keller scale (rate difference keller - scale 1: {d}): "
+                   "the data contradict #1096's explanation.")
+    elif k(keller) and k(none):
+        verdict = (f"Rank 8 on Muon diverged with scale 1 too ({k(none)}/{n(none)} against {k(keller)}/{n(keller)} "
+                   f"with keller; difference {d}): the keller scale is not shown to be the whole cause, as #1096 "
                    "itself reported; orthogonalised updates of thin factors remain the suspect.")
-    elif none > 0 or moon > 0:
+    elif not k(keller) and (k(none) or k(moon)):
         verdict = ("Divergence appeared only with the 'none' or 'moonlight' scale: the keller scale is not what "
-                   "makes rank-8 factors diverge here.")
+                   f"makes rank-8 factors diverge here (keller - scale 1 rate difference {d}).")
     else:
-        verdict = "Only arms outside the rank-8/Muon comparison diverged; see the table."
+        verdict = (f"Inconclusive: the keller - scale 1 difference in divergence rate is {d}; "
+                   f"{n(keller)} runs per arm cannot tell the two apart.")
     return "\n".join(lines + ["", verdict])
 
 
+def lora_regime_verdict(df: pd.DataFrame) -> str:
+    """The regime grid (`lora_regime_arms`): does instability rise with B's step multiplier at fixed lr
+    and momentum? Decided from the divergence rates at the largest and the smallest multiplier over
+    all cells (Newcombe's interval of the difference) and the peak loss rise paired by cell and seed
+    (t interval). The AdamW control at #1096's lr says whether Muon is needed for the failure at all."""
+    grid = df[(df["optimizer"] == "muon") & df["b_mult"].notna()]
+    if grid.empty or grid["b_mult"].nunique() < 2:
+        return "Need the regime grid: Muon arms at two or more B-step multipliers."
+    lo, hi = grid["b_mult"].min(), grid["b_mult"].max()
+    lines = []
+    for m, g in grid.groupby("b_mult"):
+        k = int((g["status"] == "diverged").sum())
+        peak = mean_ci(g["loss_peak_excess"].tolist()) if "loss_peak_excess" in g else None
+        r = rate_ci(k, len(g))
+        lines.append(f"- B-step x{m:g}: diverged {k}/{len(g)} (rate 95% CI [{r.lo:.0%}, {r.hi:.0%}])"
+                     + (f", peak loss rise {peak.mean:.2f} nats" if peak is not None and peak.n else ""))
+    k_hi, n_hi = int((grid[grid["b_mult"] == hi]["status"] == "diverged").sum()), int((grid["b_mult"] == hi).sum())
+    k_lo, n_lo = int((grid[grid["b_mult"] == lo]["status"] == "diverged").sum()), int((grid["b_mult"] == lo).sum())
+    rate = rate_diff_ci(k_hi, n_hi, k_lo, n_lo)
+    peak = (paired_diff(grid, "loss_peak_excess", by="b_mult", a=hi, b=lo, pair=["seed", "beta", "lr"])
+            if "loss_peak_excess" in grid else None)
+    lines.append(f"- divergence rate, x{hi:g} - x{lo:g}: {rate}")
+    if peak is not None:
+        lines.append(f"- peak loss rise, x{hi:g} - x{lo:g}, paired by seed, momentum and lr: {peak}")
+    adam = df[(df["optimizer"] == "adamw") & (df["rank"] > 1) & (df["lr"] == 0.025)]
+    adam_k = int((adam["status"] == "diverged").sum())
+    decisions = {decide(rate), "inconclusive" if peak is None else decide(peak)}
+    if "higher" in decisions and "lower" not in decisions:
+        v = (f"Instability rises with B's step multiplier at fixed lr and momentum (x{hi:g} against x{lo:g}): the "
+             "shape-scale story of #1096 holds here")
+        v += (f"; but rank {int(adam['rank'].max())} on AdamW at lr 0.025 diverged too ({adam_k}/{len(adam)}), so Muon's "
+              "scale is not the only route to it." if adam_k else ".")
+    elif "lower" in decisions and "higher" not in decisions:
+        v = (f"Instability falls as B's step multiplier rises (x{hi:g} against x{lo:g}): against the shape-scale story "
+             "of #1096.")
+    elif not (df["status"] == "diverged").any():
+        v = (f"No run diverged ({len(df)} runs; at each multiplier the rate is below {rate_ci(0, n_hi).hi:.0%}, 95% upper "
+             "bound) and the peak loss rise does not separate the multipliers: a bounded null at this width, length "
+             "and momentum schedule, not a refutation of #1096.")
+    else:
+        v = (f"Inconclusive: the intervals of x{hi:g} - x{lo:g} include 0, so these runs cannot say whether B's step "
+             "multiplier drives the instability.")
+    return "\n".join(lines + ["", v])
+
+
 def quant_verdict(df: pd.DataFrame, bits: int = 8) -> str:
-    """df: one row per run and export width, columns arch, qat, bits, quant_gap."""
-    sub = df[(df["bits"] == bits)]
+    """#341's claim: a hybrid (unique first and last layers) has a smaller quantization gap than a fully
+    shared model. df: one row per run and export width (columns arch, qat, bits, loops, seed, quant_gap).
+    Decided from the paired-by-seed difference hybrid - shared of the gap without QAT, t interval."""
+    sub = df[df["bits"] == bits]
     if sub.empty:
         return f"No int{bits} results."
-    m = sub.groupby(["arch", "qat"])["quant_gap"].mean()
-    parts = [f"- {arch}, QAT {qat}: int{bits} gap {gap:+.4f} bpb" for (arch, qat), gap in m.items()]
-    try:
-        shared, hybrid = m[("shared", "off")], m[("hybrid", "off")]
-    except KeyError:
+    parts = [f"- {arch}, QAT {qat}: int{bits} gap {mean_ci(g['quant_gap'].tolist())} bpb"
+             for (arch, qat), g in sub.groupby(["arch", "qat"])]
+    off = sub[sub["qat"] == "off"]
+    if not {"shared", "hybrid"} <= set(off["arch"]):
         return "\n".join(parts)
-    if shared > 0.05 and hybrid < shared / 4:
-        v = (f"Without QAT the fully shared model loses {shared:+.3f} bpb at int{bits} and the hybrid {hybrid:+.3f}: "
-             "the hybrid removes most of the gap, in the direction of #341's claim (0.40 -> about 0).")
-    elif shared <= 0.05:
-        v = (f"The fully shared model's int{bits} gap is small here ({shared:+.4f} bpb, hybrid {hybrid:+.4f}), far "
-             "from #341's 0.40: at this scale and length the compounding through loops does not show "
-             "(parameter-golf #855 reports the gap growing with training length: +0.0019 bpb at 2,000 steps, "
-             "+0.0076 to +0.0126 at 10,000).")
+    pair = ["seed", "loops"] if "loops" in off else ["seed"]
+    d = paired_diff(off, "quant_gap", by="arch", a="hybrid", b="shared", pair=pair)
+    shared = mean_ci(off[off["arch"] == "shared"]["quant_gap"].tolist())
+    parts.append(f"- hybrid - shared gap (QAT off), paired by {' and '.join(pair)}: {d} bpb")
+    if decide(d) == "lower":
+        v = (f"The hybrid's int{bits} gap is smaller than the fully shared model's ({d} bpb), in the direction of "
+             f"#341's claim")
+    elif decide(d) == "higher":
+        v = f"The hybrid's int{bits} gap is larger than the fully shared model's ({d} bpb), against #341's claim"
     else:
-        v = (f"The hybrid does not close the gap here (shared {shared:+.3f}, hybrid {hybrid:+.3f} bpb at int{bits}); "
-             "#341's claim is not reproduced at this preset.")
-    return "\n".join(parts + ["", v])
+        v = (f"Inconclusive: the hybrid - shared difference of the int{bits} gap is {d} bpb, an interval that "
+             "includes 0 (or none at one seed), so these runs cannot tell whether the hybrid closes the gap")
+    if not math.isnan(shared.hi) and shared.hi < 0.40:
+        v += (f". The fully shared model's own gap ({shared}) lies below #341's 0.40: the compounding #341 "
+              "reported does not show at this scale and length")
+    return "\n".join(parts + ["", v + "."])
 
 
-def loop_verdict(df: pd.DataFrame, metric: str = "float_bpb", min_gain: float = 0.01) -> str:
-    """df: columns loops, metric (one row per run, fixed unique parameters)."""
-    m = df.groupby("loops")[metric].mean().sort_index()
+def loop_verdict(df: pd.DataFrame, metric: str = "float_bpb", margin: float = 0.005) -> str:
+    """Where extra loops stop paying, at fixed unique parameters. df: columns loops, seed, metric. For
+    each adjacent pair of loop counts, the gain (metric at L minus at the next L, paired by seed, t
+    interval). Loops stop paying at the smallest L whose gain to the next has its upper bound below
+    `margin` bpb (a gain too small to matter, named by the caller); when no gain is resolved either
+    way, the verdict says so."""
+    m = df.groupby("loops")[metric].apply(lambda s: mean_ci(s.tolist()))
     if len(m) < 2:
         return "Need at least two loop counts."
-    lines = [f"- {int(k)} loops: {v:.4f} bpb" for k, v in m.items()]
-    stop = None
+    lines = [f"- {int(L)} loops: {e.mean:.4f} bpb" + ("" if math.isnan(e.lo) else f" [{e.lo:.4f}, {e.hi:.4f}]")
+             + f" (n = {e.n})" for L, e in m.items()]
     loops = list(m.index)
+    gains = {}
     for a, b in zip(loops, loops[1:]):
-        if m[a] - m[b] < min_gain:
-            stop = a
-            break
-    if stop is None:
-        v = f"Every extra loop still paid at least {min_gain} bpb up to {int(loops[-1])} loops."
+        g = paired_diff(df[df["loops"].isin([a, b])], metric, by="loops", a=a, b=b)  # metric(a) - metric(b)
+        gains[a] = (b, g)
+        lines.append(f"- gain {int(a)} -> {int(b)} loops: {g} bpb")
+    stop = next((a for a, (b, g) in gains.items() if not math.isnan(g.hi) and g.hi < margin), None)
+    if stop is not None:
+        b, g = gains[stop]
+        v = (f"Loops stop paying after {int(stop)}: the gain from {int(stop)} to {int(b)} loops is {g} bpb, "
+             f"whose upper bound is below {margin} bpb.")
+        before = [f"{int(a)} -> {int(b2)}" for a, (b2, g2) in gains.items() if a < stop and decide(g2) != "higher"]
+        if before:
+            v += (f" The gains before it ({', '.join(before)}) are not resolved above 0 either: that {int(stop)} loops "
+                  "beat fewer is not shown.")
+    elif all(decide(g) == "higher" for _, g in gains.values()):
+        v = f"Every extra loop paid up to {int(loops[-1])} loops (each adjacent gain's interval lies above 0)."
     else:
-        v = (f"Loops stop paying after {int(stop)}: going further gains less than {min_gain} bpb or loses "
-             f"({m[stop]:.4f} -> {m[loops[loops.index(stop) + 1]]:.4f}).")
+        unresolved = [f"{int(a)} -> {int(b)}" for a, (b, g) in gains.items() if decide(g) == "inconclusive"]
+        v = (f"Inconclusive: the gains {', '.join(unresolved)} have intervals that include 0 and reach above "
+             f"{margin} bpb (or have none, at one seed); these runs cannot say where loops stop paying.")
     return "\n".join(lines + ["", v])

@@ -15,9 +15,33 @@ def _ax(ax: Any) -> Any:
     return ax if ax is not None else plt.subplots(figsize=(6.5, 4))[1]
 
 
+# Axis labels for the metrics a run logs (metrics.jsonl keys).
+LABELS = {"train_loss": "train loss (nats per token)", "val_bpb": "val bits per byte", "val_loss": "val loss (nats)",
+          "lr": "learning-rate multiplier", "final_val_bpb": "final val bits per byte", "quant_gap": "quantized - float bpb"}
+
+
+def aligned(series: Sequence[pd.Series]) -> pd.DataFrame:
+    """Per-run curves (indexed by step) side by side, aligned by step: a column per run; a step where
+    some run has no value is NaN for the mean (so the drawn line breaks there rather than averaging
+    fewer runs), and a stretch with no logged step at all (longer than 1.5x the usual spacing) gets a
+    NaN row, so that matplotlib leaves a gap instead of drawing a straight segment across it. A step
+    logged twice (a resumed run) keeps its last value."""
+    cols = [s[~s.index.duplicated(keep="last")].rename(i) for i, s in enumerate(series)]
+    table = pd.concat(cols, axis=1).sort_index()
+    steps = table.index.to_numpy()
+    if len(steps) > 2:
+        gaps = np.diff(steps)
+        usual = np.median(gaps)
+        holes = [a + g / 2 for a, g in zip(steps[:-1], gaps) if g > 1.5 * usual]
+        if holes:
+            table = pd.concat([table, pd.DataFrame(np.nan, index=holes, columns=table.columns)]).sort_index()
+    return table
+
+
 def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: Any = None,
            logy: bool = False) -> Any:
-    """Mean curve per arm over its seeds, with a min-max band; one line per arm."""
+    """Mean curve per arm over its seeds, aligned by step, with a min-max band; one line per arm.
+    Where a seed has no value the line breaks (`aligned`)."""
     ax = _ax(ax)
     for arm, runs in df.groupby(by, sort=False):
         series = []
@@ -27,12 +51,12 @@ def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: An
                 series.append(m.dropna(subset=[metric]).set_index("step")[metric])
         if not series:
             continue
-        table = pd.concat(series, axis=1)
-        (line,) = ax.plot(table.index, table.mean(axis=1), label=f"{arm} (n={table.shape[1]})")
+        table = aligned(series)
+        (line,) = ax.plot(table.index, table.mean(axis=1, skipna=False), label=f"{arm} (n={table.shape[1]})")
         if table.shape[1] > 1:
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.2, color=line.get_color())
-    ax.set_xlabel("step")
-    ax.set_ylabel(metric)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(LABELS.get(metric, metric))
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=8)

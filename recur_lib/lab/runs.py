@@ -94,7 +94,8 @@ class RunRecord:
         r: dict[str, Any] = {"status": self.status, "final_val_bpb": s.get("final_val_bpb"),
                              "final_train_loss": s.get("final_train_loss"), "steps": s.get("steps"),
                              "tokens_per_s": s.get("tokens_per_s"), "train_time_s": s.get("train_time_s"),
-                             "diverged_at_step": s.get("diverged_at_step"), "reused": self.reused,
+                             "diverged_at_step": s.get("diverged_at_step"), "loss_peak_excess": s.get("loss_peak_excess"),
+                             "loss_spikes": s.get("loss_spikes"), "reused": self.reused,
                              "run_dir": str(self.run_dir)}
         if self.eval:
             r.update(eval_row(self.eval))
@@ -413,7 +414,8 @@ def lora_norm_summary(df: pd.DataFrame) -> pd.DataFrame:
         if "lora_norms" not in m or m["lora_norms"].dropna().empty:
             continue
         last = m.dropna(subset=["lora_norms"]).iloc[-1]
-        norms = pd.DataFrame(list(last["lora_norms"].values()), columns=["A", "B", "BA"])
+        values = list(last["lora_norms"].values())
+        norms = pd.DataFrame(values, columns=["A", "B", "BA", "BA_over_W"][:len(values[0])])
         upd = last.get("update_rms")
         rows.append({"arm": r["arm"], "seed": r["seed"], "step": int(last["step"]),
                      **{f"{c}_mean": norms[c].mean() for c in norms}, "BA_max": norms["BA"].max(),
@@ -421,9 +423,11 @@ def lora_norm_summary(df: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     t = pd.DataFrame(rows)
+    spectral = {"BA_over_W_mean": ("BA_over_W_mean", "mean")} if "BA_over_W_mean" in t else {}
     return t.groupby("arm", sort=False).agg(
         runs=("seed", "size"), step=("step", "max"), A_mean=("A_mean", "mean"), B_mean=("B_mean", "mean"),
-        BA_mean=("BA_mean", "mean"), BA_max=("BA_max", "max"), lora_update_rms=("lora_update_rms", "mean")).reset_index()
+        BA_mean=("BA_mean", "mean"), BA_max=("BA_max", "max"), **spectral,
+        lora_update_rms=("lora_update_rms", "mean")).reset_index()
 
 
 def save_table(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:

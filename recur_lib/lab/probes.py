@@ -1,0 +1,162 @@
+"""How quantization error travels through a schedule: measurements on a trained model, evaluation only.
+
+    t = quant_probe(model, cfg, val_tokens, bits=4)        # one row per schedule step
+    t.attrs["superadditivity"]                             # all-steps effect / sum of single-step effects
+
+For a model that reuses its blocks (#341's claim: errors compound on every loop), per schedule step:
+* `rel_error`: ||h_q - h|| / ||h|| at the step's output, every step running quantized blocks;
+* `dloss_single`: the loss change when only this step runs its block quantized (the others float);
+* `next_gain`, `end_gain`: a finite-difference loop gain: a small perturbation added to this step's
+  output, and how large it is after the next step, and after the last, relative to its own size.
+The sum of the single-step effects against the effect of quantizing every step at once tells additive
+error (ratio ~1) from compounding (well above 1). Only the blocks are quantized; the embedding and head
+stay float, so the numbers are about the schedule, not the embedding's own rounding.
+
+Blocks are swapped by forward hooks, so the model's own forward (skips, loop embedding, every trick)
+runs unchanged; a test checks that quantizing every step through the hooks gives the loss of a model
+loaded with the quantized blocks, bitwise.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import Config
+from ..export import quantized_state_dict
+
+
+def quantized_blocks(model: torch.nn.Module, cfg: Config, bits: int, scheme: str | None = None) -> torch.nn.ModuleList:
+    """A copy of model.blocks whose weights are what an artifact at `bits` (and `scheme`) would hold."""
+    q = cfg.quant
+    qcfg = replace(cfg, quant=replace(q, export_bits=bits, scheme=scheme or q.scheme))
+    state = quantized_state_dict(model, qcfg)
+    blocks = copy.deepcopy(model.blocks)
+    blocks.load_state_dict({k[len("blocks."):]: v for k, v in state.items() if k.startswith("blocks.")})
+    return blocks
+
+
+class _Steps:
+    """Forward hooks on every block: count schedule steps as they run, record each step's output,
+    and let a rule replace or perturb it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.outputs, self.step = model, [], 0
+        self.rule: Callable[[int, int, tuple, torch.Tensor], torch.Tensor | None] | None = None
+        self._handles = [b.register_forward_hook(self._hook(i)) for i, b in enumerate(model.blocks)]
+
+    def _hook(self, block: int) -> Callable:
+        def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            new = self.rule(self.step, block, args, output) if self.rule else None
+            out = output if new is None else new
+            self.outputs.append(out.detach())
+            self.step += 1
+            return new
+        return hook
+
+    def run(self, idx: torch.Tensor, targets: torch.Tensor, rule: Callable | None = None) -> tuple[float, list[torch.Tensor]]:
+        self.outputs, self.step, self.rule = [], 0, rule
+        loss = self.model(idx, targets).item()
+        return loss, self.outputs
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def _batch(tokens: Any, seq_len: int, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    n = min(n_seqs, (len(t) - 1) // seq_len)
+    if n < 1:
+        raise ValueError(f"quant_probe: {len(t)} tokens make no sequence of {seq_len} + 1")
+    x = t[: n * seq_len + 1]
+    return x[:-1].view(n, seq_len), x[1:].view(n, seq_len)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).float().norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+@torch.no_grad()
+def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, scheme: str | None = None,
+                seq_len: int | None = None, n_seqs: int = 8, eps: float = 1e-3, seed: int = 0,
+                twin: torch.nn.ModuleList | None = None) -> pd.DataFrame:
+    """One row per schedule step (step, block, loop, role, rel_error, dloss_single, next_gain, end_gain);
+    `attrs` hold the float loss, the all-steps effect, the sum of single-step effects and their ratio
+    (superadditivity). `twin`: the blocks to swap in (default: quantized_blocks at bits/scheme)."""
+    model.eval()
+    twin = twin if twin is not None else quantized_blocks(model, cfg, bits, scheme)
+    idx, targets = _batch(tokens, seq_len or cfg.eval.seq_len, n_seqs)
+    steps = _Steps(model)
+    try:
+        base, h = steps.run(idx, targets)
+
+        def quantize(only: int | None) -> Callable:
+            def rule(i: int, block: int, args: tuple, out: torch.Tensor) -> torch.Tensor | None:
+                return twin[block](*args) if only is None or i == only else None
+            return rule
+
+        all_loss, hq = steps.run(idx, targets, quantize(None))
+        singles = [steps.run(idx, targets, quantize(k))[0] - base for k in range(len(h))]
+        gen = torch.Generator().manual_seed(seed)
+        next_gain, end_gain = [], []
+        for k in range(len(h)):
+            delta = torch.randn(h[k].shape, generator=gen)
+            delta *= eps * h[k].float().norm() / delta.norm()
+
+            def perturb(i: int, block: int, args: tuple, out: torch.Tensor, k: int = k) -> torch.Tensor | None:
+                return out + delta.to(out.dtype) if i == k else None
+
+            _, hp = steps.run(idx, targets, perturb)
+            size = delta.norm().item()
+            next_gain.append((hp[k + 1] - h[k + 1]).float().norm().item() / size if k + 1 < len(h) else math.nan)
+            end_gain.append((hp[-1] - h[-1]).float().norm().item() / size)
+    finally:
+        steps.close()
+    sched = model.schedule()
+    t = pd.DataFrame({"step": range(len(h)), "block": [s.block for s in sched], "loop": [s.loop for s in sched],
+                      "role": [s.role for s in sched], "rel_error": [_rel(a, b) for a, b in zip(hq, h)],
+                      "dloss_single": singles, "next_gain": next_gain, "end_gain": end_gain})
+    total, parts = all_loss - base, float(np.sum(singles))
+    t.attrs.update({"bits": bits, "scheme": scheme or cfg.quant.scheme, "float_loss": base, "dloss_all": total,
+                    "dloss_sum_single": parts, "superadditivity": total / parts if parts else math.nan})
+    return t
+
+
+def probe_run(run_dir: str, bits: int, scheme: str | None = None, n_seqs: int = 8) -> pd.DataFrame:
+    """quant_probe on a finished run's weights (model.pt) and the first val tokens of its data."""
+    from ..data.dataset import open_data
+    from ..data.loader import load_tokens
+    from ..model import build_model
+    from ..paths import resolve
+    path = resolve(run_dir)
+    cfg = Config.load(path / "config.json")
+    model = build_model(cfg)
+    model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    data = open_data(cfg)
+    tokens = load_tokens(data.val_files, cfg.model.vocab_size, n_seqs * cfg.eval.seq_len + 1)
+    return quant_probe(model, cfg, tokens, bits, scheme, n_seqs=n_seqs)
+
+
+def probe_table(runs: pd.DataFrame, bits: list[int], schemes: tuple[str | None, ...] = (None,),
+                n_seqs: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every finished run of a sweep table x bits x scheme: (per-step rows, one summary row per probe
+    with the all-steps effect, the sum of single-step effects and their ratio). The sweep's columns
+    (arm, seed and the arm's labels) are carried into both."""
+    keep = [c for c in runs.columns if c not in ("status", "run_dir") and runs[c].map(
+        lambda v: isinstance(v, (str, int, float, bool)) or v is None).all()]
+    steps, summary = [], []
+    for _, r in runs[runs["status"] == "finished"].iterrows():
+        for b in bits:
+            for scheme in schemes:
+                t = probe_run(r["run_dir"], b, scheme, n_seqs)
+                tag = {**{c: r[c] for c in keep}, "bits": b, "scheme": t.attrs["scheme"]}
+                steps.append(t.assign(**tag))
+                summary.append({**tag, **{k: v for k, v in t.attrs.items() if k not in ("bits", "scheme")},
+                                "rel_error_first": t["rel_error"].iloc[0], "rel_error_last": t["rel_error"].iloc[-1]})
+    return (pd.concat(steps, ignore_index=True) if steps else pd.DataFrame()), pd.DataFrame(summary)

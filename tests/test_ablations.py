@@ -7,7 +7,8 @@ import pytest
 
 from recur_lib import Config
 from recur_lib.lab.ablations import (divergence_counts, lora_arms, lora_regime_arms, lora_regime_verdict, lora_verdict,
-                                     loop_arms, loop_table, loop_verdict, quant_arms, quant_table, quant_verdict)
+                                     loop_arms, loop_table, loop_verdict, quant_arms, quant_loop_arms, quant_loop_verdict,
+                                     quant_table, quant_verdict)
 
 
 def lora_df(diverged: dict[str, int], runs: int = 3, peak: dict[str, float] | None = None) -> pd.DataFrame:
@@ -170,3 +171,45 @@ def test_lora_regime_verdict_every_branch(diverged: dict, peak: dict, adam: bool
     text = lora_regime_verdict(regime_df(diverged, peak, adam))
     assert expect in text, text
     assert "- B-step x9.8: diverged" in text
+
+
+def test_quant_loop_arms_match_reuse_and_parameters() -> None:
+    base = Config.from_name("smoke")
+    arms = quant_loop_arms([1, 3])
+    cfgs = {k: base.override(a.overrides) for k, a in arms.items()}
+    s, h, pm = cfgs["shared-L3-qat-off"], cfgs["hybrid-L3-qat-off"], cfgs["hybrid-pm-L3-qat-off"]
+    assert (s.effective_layers, h.effective_layers, pm.effective_layers) == (12, 14, 12)
+    assert (s.unique_blocks, h.unique_blocks, pm.unique_blocks) == (4, 6, 4)
+    assert [arms[f"{a}-L3-qat-off"].labels["reuse"] for a in ("shared", "hybrid", "hybrid-pm")] == [3, 3, 5]
+    assert all(c.quant.embed_bits == 16 and c.quant.qat_bits == 0 for c in cfgs.values())
+    assert len(quant_loop_arms([1, 2, 3, 4, 6], param_matched=False)) == 10
+
+
+def quant_loop_df(per_app: dict[int, list[float]]) -> pd.DataFrame:
+    """Shared arm gaps at L loops = per-application gap x L, per seed; hybrid half of that."""
+    rows = []
+    for L, gaps in per_app.items():
+        for s, g in enumerate(gaps):
+            for arch, f in (("shared", 1.0), ("hybrid", 0.5)):
+                rows.append({"arch": arch, "loops": L, "reuse": L, "seed": s, "bits": 4, "qat": "off",
+                             "quant_gap": g * L * f})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("per_app, expect", [
+    ({1: [0.001, 0.0012, 0.0011], 6: [0.004, 0.0045, 0.0042]}, "compounds through the loops"),
+    ({1: [0.004, 0.0045, 0.0042], 6: [0.001, 0.0012, 0.0011]}, "no compounding"),
+    ({1: [0.001, 0.003, 0.002], 6: [0.003, 0.001, 0.0021]}, "Inconclusive"),
+    ({1: [0.001], 6: [0.004]}, "Inconclusive"),
+])
+def test_quant_loop_verdict_every_branch(per_app: dict, expect: str) -> None:
+    text = quant_loop_verdict(quant_loop_df(per_app), 4)
+    assert expect in text, text
+    assert "- shared: gap per application, L = 6 minus L = 1" in text
+
+
+def test_quant_loop_verdict_reads_the_probe() -> None:
+    probe = pd.DataFrame([{"arch": "shared", "scheme": "rowmax", "bits": 4, "superadditivity": v} for v in (1.0, 1.1, 0.9)])
+    text = quant_loop_verdict(quant_loop_df({1: [0.001] * 3, 2: [0.001] * 3}), 4, probe)
+    assert "- shared (rowmax): all-steps / summed single-step effect +1.0000 [" in text
+    assert quant_loop_verdict(quant_loop_df({1: [0.001]}), 4).startswith("Need int4 gaps")

@@ -43,7 +43,7 @@ def workbook(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("results")
     report = run_workbook("smoke", NOTEBOOKS, str(root), {
         "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB},
-        "runs_dir": str(root / "runs"), "parallel": 2}, html=False)
+        "runs_dir": str(root / "runs"), "parallel": 2, "20_quant_gap_hybrid:loops": [1, 2]}, html=False)
     assert [r["status"] for r in report] == ["ok"] * len(NOTEBOOKS), [r["error"] for r in report]
     return root / "smoke"
 
@@ -75,6 +75,11 @@ def test_quant_table(workbook: Path) -> None:
     t = pd.read_csv(workbook / "20_quant_gap_hybrid.csv")
     assert set(zip(t["arch"], t["qat"])) == {("shared", "off"), ("shared", "on"), ("hybrid", "off"), ("hybrid", "on")}
     assert sorted(t["bits"].unique()) == [4, 6, 8] and finite(t["quant_gap"]) and finite(t["quant_bpb"])
+    assert sorted(t["loops"].unique()) == [1, 2] and set(zip(t["arch"], t["loops"], t["reuse"])) == {
+        ("shared", 1, 1), ("shared", 2, 2), ("hybrid", 1, 1), ("hybrid", 2, 3)}
+    nb = json.loads((workbook / "20_quant_gap_hybrid.ipynb").read_text())
+    printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "- shared: gap per application, L = 2 minus L = 1" in printed  # the loop-count verdict ran
 
 
 def test_loop_table(workbook: Path) -> None:

@@ -74,7 +74,7 @@ def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None 
 def quant_arms(loops: list[int], qat_bits: int) -> dict[str, Arm]:
     """#341: fully shared (4 blocks x L loops) vs hybrid (1 + 2 x (2L-1) + 1): both 4 unique blocks and 4L
     effective layers, so parameters and depth match; each with QAT off and on.
-    Labels: arch (shared | hybrid), loops (L), qat (off | on)."""
+    Labels: arch (shared | hybrid), loops (L), qat (off | on), reuse (runs of each shared block: L, 2L - 1)."""
     arms = []
     for L in loops:
         shapes = {
@@ -86,7 +86,32 @@ def quant_arms(loops: list[int], qat_bits: int) -> dict[str, Arm]:
         for arch, shape in shapes.items():
             for qat in ("off", "on"):
                 arms.append(Arm(f"{arch}-L{L}-qat-{qat}", {**shape, "quant.qat_bits": qat_bits if qat == "on" else 0},
-                                {"arch": arch, "loops": L, "qat": qat}))
+                                {"arch": arch, "loops": L, "qat": qat, "reuse": shape["schedule.n_loops"]}))
+    return {a.name: a for a in arms}
+
+
+def quant_loop_arms(loops: list[int] = (1, 2, 3, 4, 6), param_matched: bool = True, embed_bits: int = 16,
+                    qat_bits: int = 0) -> dict[str, Arm]:
+    """#341 through loops: the quantization gap against the number of times the shared blocks run.
+    Fully shared 4 x L; the hybrid with matched reuse 1 + 4 x L + 1 (its 4 shared blocks also run L
+    times; 2 more unique blocks, so more parameters); and, secondary, the parameter-matched hybrid
+    1 + 2 x (2L - 1) + 1 (4 unique blocks, its 2 shared ones run 2L - 1 times). The embedding is exported
+    at `embed_bits` (16: fp16, as #341 did), so the gap measured is the blocks'.
+    Labels: arch (shared | hybrid | hybrid-pm), loops (L), qat, reuse (runs of each shared block)."""
+    arms = []
+    common = {"quant.embed_bits": embed_bits, "quant.qat_bits": qat_bits}
+    qat = "on" if qat_bits else "off"
+    for L in loops:
+        shapes = [("shared", {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_core": 4,
+                              "schedule.n_loops": L, "schedule.n_coda": 0}, L),
+                  ("hybrid", {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 4,
+                              "schedule.n_loops": L, "schedule.n_coda": 1}, L)]
+        if param_matched:
+            shapes.append(("hybrid-pm", {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2,
+                                         "schedule.n_loops": 2 * L - 1, "schedule.n_coda": 1}, 2 * L - 1))
+        for arch, shape, reuse in shapes:
+            arms.append(Arm(f"{arch}-L{L}-qat-{qat}", {**shape, **common},
+                            {"arch": arch, "loops": L, "qat": qat, "reuse": reuse}))
     return {a.name: a for a in arms}
 
 
@@ -314,6 +339,42 @@ def quant_verdict(df: pd.DataFrame, bits: int = 8) -> str:
         v += (f". The fully shared model's own gap ({shared}) lies below #341's 0.40: the compounding #341 "
               "reported does not show at this scale and length")
     return "\n".join(parts + ["", v + "."])
+
+
+def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None = None) -> str:
+    """Does the gap compound through loops? df: quant_table rows of `quant_loop_arms` runs (arch, loops,
+    reuse, seed, bits, qat, quant_gap). Per arch, the gap per application of the shared blocks at the
+    most loops minus at the fewest, paired by seed: above 0 means the gap grows faster than the number
+    of applications (compounding), below 0 slower (the first application dominates). `probe`
+    (probes.probe_table's summary) adds each arch's all-steps / summed single-step effect, against 1."""
+    sub = df[(df["bits"] == bits) & (df["qat"] == "off")]
+    if sub.empty or sub["loops"].nunique() < 2:
+        return f"Need int{bits} gaps at two or more loop counts."
+    lines = [f"- {arch}, L = {int(L)}: int{bits} gap {mean_ci(g['quant_gap'].tolist())} bpb"
+             for (arch, L), g in sub.groupby(["arch", "loops"])]
+    lo, hi = int(sub["loops"].min()), int(sub["loops"].max())
+    growth = {}
+    for arch, g in sub.groupby("arch"):
+        per = g.assign(per_application=g["quant_gap"] / g["reuse"])
+        growth[arch] = paired_diff(per, "per_application", by="loops", a=hi, b=lo)
+        lines.append(f"- {arch}: gap per application, L = {hi} minus L = {lo}: {growth[arch]} bpb")
+    if probe is not None and not probe.empty:
+        p = probe[probe["bits"] == bits]
+        for (arch, scheme), g in p.groupby(["arch", "scheme"]):
+            lines.append(f"- {arch} ({scheme}): all-steps / summed single-step effect "
+                         f"{mean_ci(g['superadditivity'].tolist())}")
+    shared = growth.get("shared")
+    d = "inconclusive" if shared is None else decide(shared)
+    if d == "higher":
+        v = (f"The fully shared model's int{bits} gap grows faster than the number of times its blocks run "
+             f"({lo} -> {hi} loops): quantization error compounds through the loops, as #341 said")
+    elif d == "lower":
+        v = (f"The fully shared model's int{bits} gap grows more slowly than the number of times its blocks run "
+             f"({lo} -> {hi} loops): no compounding; the first application of each weight dominates")
+    else:
+        v = (f"Inconclusive: the fully shared model's gap per application at {hi} against {lo} loops has an "
+             "interval that includes 0 (or none at one seed)")
+    return "\n".join(lines + ["", v + ". What this cannot see: widths, token counts and quantizers far from #341's."])
 
 
 def loop_verdict(df: pd.DataFrame, metric: str = "float_bpb", margin: float = 0.005) -> str:

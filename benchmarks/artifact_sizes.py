@@ -13,6 +13,8 @@ on the default data (runs are reused). Two estimates of the full-size artifact f
   scale's width rule, assumed to hold after training), then exported by our exporter at the preset's
   settings. Long rows reach further into the tails, so their codes crowd nearer zero than the quick
   model's 64-entry rows do: `per_code` overstates the full-size artifact, `resampled` sees that.
+Each preset is also exported under the other quantizer rule (`other_scheme_total_bytes`): under the
+baseline rule's floor the bytes depend on the weights' absolute scale, so the rule alone moves them.
 What neither sees: trained statistics that change with run length (150 steps against the seeds'
 thousands) and structure across rows or tensors that zstd could find.
 """
@@ -126,8 +128,12 @@ def main() -> int:
         bpc = bits_per_code(trained, small)
         full = Config.from_name(seed.preset)
         est = estimate(full, bpc)
-        resampled = resampled_bytes(full, trained_pool(trained, small))
+        pool = trained_pool(trained, small)
+        resampled = resampled_bytes(full, pool)
         total = resampled + code_bytes()
+        # the same weights under the other rule: how much the export rule alone decides
+        other = "rowmax" if full.quant.scheme == "baseline" else "baseline"
+        other_total = resampled_bytes(full.override({"quant.scheme": other}), pool) + code_bytes()
         rows.append({"preset": seed.preset, "params": est["params"], "export_bits": full.quant.export_bits,
                      "embed_bits": full.quant.embed_bits, "scheme": full.quant.scheme,
                      "bits_per_code": json.dumps({str(b): round(v, 3) for b, v in bpc.items()}),
@@ -136,6 +142,7 @@ def main() -> int:
                      "resampled_model_bytes": resampled,
                      "code_bytes": code_bytes(), "total_bytes": round(total),
                      "budget_left": round(full.quant.budget_bytes - total), "pr_bytes": PR_BYTES[seed.preset],
+                     "other_scheme": other, "other_scheme_total_bytes": other_total,
                      "quick_run": os.path.relpath(run_dir, ROOT)})
         print(rows[-1], flush=True)
     import pandas as pd

@@ -78,6 +78,9 @@ class Scores:
     n_bytes: int
     n_targets: int
     seconds: float
+    # per window of this rank, in plan order: summed nats and target bytes (the blocks of a bootstrap)
+    window_nll: np.ndarray | None = None
+    window_bytes: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"val_bpb": self.nll / math.log(2) / self.n_bytes, "val_loss": self.nll / self.n_targets,
@@ -94,15 +97,40 @@ def eval_windows(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables,
     mine = plan[len(plan) * rt.rank // rt.world_size: len(plan) * (rt.rank + 1) // rt.world_size]
     was = model.training
     model.eval()
-    nll = sum((float(v.sum()) for v in score_windows(model, toks, mine, L, batch_tokens, rt, n_loops)), 0.0)
+    per_window = [float(v.sum()) for v in score_windows(model, toks, mine, L, batch_tokens, rt, n_loops)]
+    nll = sum(per_window, 0.0)
     model.train(was)
     # the plan scores one contiguous run of targets in order, so this rank's share is [first, last)
     first, last = (mine[0][0] + mine[0][1], mine[-1][0] + mine[-1][2]) if mine else (0, 0)
-    n_bytes = _bytes_of_targets(toks, first, last, tables) if mine else 0
+    target_bytes = (count_bytes_torch(toks[first:last], toks[first + 1:last + 1], tables.to_torch())
+                    if mine else torch.zeros(0, dtype=torch.long))
+    n_bytes = int(target_bytes.sum())
+    ends = np.cumsum([hi - lo for _, lo, hi in mine])
+    window_bytes = np.add.reduceat(target_bytes.numpy(), np.r_[0, ends[:-1]]) if mine else np.zeros(0)
     n_tgt = last - first
     sums = torch.tensor([nll, float(n_bytes), float(n_tgt)], dtype=torch.float64, device=rt.device)
     all_reduce_sum(sums, rt)
-    return Scores(float(sums[0]), int(sums[1]), int(sums[2]), time.perf_counter() - t0)
+    return Scores(float(sums[0]), int(sums[1]), int(sums[2]), time.perf_counter() - t0,
+                  np.asarray(per_window), window_bytes)
+
+
+def gap_bootstrap(nll_float: np.ndarray, nll_quant: np.ndarray, nbytes: np.ndarray, n_boot: int = 2000,
+                  level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """A bpb gap (quantized - float) and its paired bootstrap interval (gap, lo, hi) over blocks of scored
+    tokens (windows): each block's summed nats under both weight sets and its target bytes; the same
+    blocks are resampled for both, and each resample's gap is a ratio, sum(nll_q - nll_f) / ln 2 /
+    sum(bytes). One block gives no interval (NaN)."""
+    f, q, b = (np.asarray(v, dtype=float) for v in (nll_float, nll_quant, nbytes))
+    if not (len(f) == len(q) == len(b)) or len(f) == 0:
+        raise ValueError(f"gap_bootstrap: {len(f)}, {len(q)} and {len(b)} blocks; give the same blocks, at least one")
+    diff = q - f
+    gap = float(diff.sum() / math.log(2) / b.sum())
+    if len(f) < 2:
+        return gap, math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, len(f), size=(n_boot, len(f)))
+    boots = diff[idx].sum(axis=1) / math.log(2) / b[idx].sum(axis=1)
+    lo, hi = np.quantile(boots, [0.5 - level / 2, 0.5 + level / 2])
+    return gap, float(lo), float(hi)
 
 
 def eval_bpb(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, seq_len: int, batch_tokens: int,
@@ -289,10 +317,13 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     quantized = load_artifact(art_path).to(rt.device)
     progress(f"artifact  {report.total_bytes:,} bytes (model {report.model_bytes:,} + code {report.code_bytes:,})", t)
 
+    plain: dict[str, Scores] = {}
+
     def suite(m: torch.nn.Module, weights: str) -> dict[str, Any]:
         t = time.perf_counter()
-        res = {"plain": eval_windows(m, trim_for_eval(val, e.seq_len), data.tables, e.seq_len, 0,
-                                     e.batch_tokens, rt, e.eval_loops or None).as_dict()}
+        plain[weights] = eval_windows(m, trim_for_eval(val, e.seq_len), data.tables, e.seq_len, 0, e.batch_tokens,
+                                      rt, e.eval_loops or None)
+        res = {"plain": plain[weights].as_dict()}
         t = progress(f"{weights:<9} plain    val_bpb {res['plain']['val_bpb']:.4f}", t)
         if e.stride and e.stride < e.seq_len:
             res["sliding"] = {"stride": e.stride, **eval_windows(m, val, data.tables, e.seq_len, e.stride,
@@ -307,6 +338,11 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     out = {"run_dir": str(run_dir), **labels, "float": suite(model, "float"), "quantized": suite(quantized, "quantized"),
            "artifact": {"path": str(art_path), **report.as_dict()}}
     out["quant_gap_bpb"] = out["quantized"]["plain"]["val_bpb"] - out["float"]["plain"]["val_bpb"]
+    if rt.world_size == 1:  # every window is on this rank: the gap's paired bootstrap over windows
+        f, q = plain["float"], plain["quantized"]
+        _, lo, hi = gap_bootstrap(f.window_nll, q.window_nll, f.window_bytes)
+        out["quant_gap_ci"] = {"lo": lo, "hi": hi, "level": 0.95, "windows": len(f.window_nll),
+                               "method": "paired bootstrap over the plain eval windows, 2,000 resamples"}
     out["eval_loops"] = e.eval_loops or cfg.schedule.n_loops
     out["eval_seconds"] = round(time.perf_counter() - t_start, 2)
     out["config"] = cfg.to_dict()

@@ -154,6 +154,25 @@ def test_evaluate_run_writes_eval_json(tiny_data: Path, tmp_path: Path) -> None:
     art = saved["artifact"]
     assert art["fits"] and art["model_bytes"] == (tmp_path / "r" / "model.rgolf").stat().st_size
     assert saved["pre_quant_ttt"] is False
+    ci = saved["quant_gap_ci"]  # one process: every window here, so the gap has its bootstrap interval
+    assert ci["lo"] <= saved["quant_gap_bpb"] <= ci["hi"] and ci["windows"] == saved["float"]["plain"]["val_tokens"] // 64
+
+
+def test_per_window_sums_are_the_totals(tiny_data: Path) -> None:
+    """eval_windows' per-window nats and bytes add up to its totals (bitwise for the nats: same order)."""
+    from recur_lib.data import open_data
+    from recur_lib.data.loader import load_tokens
+    from recur_lib.device import setup
+    from recur_lib.evaluate import eval_windows
+    from recur_lib.model import build_model
+    cfg = Config.from_name("smoke", {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB})
+    data = open_data(cfg)
+    val = load_tokens(data.val_files, TINY_VOCAB, 4000)
+    rt = setup(cfg.run)
+    for stride in (0, 16):
+        s = eval_windows(build_model(cfg), val, data.tables, 64, stride, 4096, rt)
+        assert sum(s.window_nll.tolist(), 0.0) == s.nll and int(s.window_bytes.sum()) == s.n_bytes
+        assert len(s.window_nll) == len(s.window_bytes) > 1
 
 
 def test_cli_eval(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

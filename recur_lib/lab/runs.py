@@ -110,6 +110,8 @@ def eval_row(e: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     for mode in ("sliding", "ttt"):
         if mode in e["float"]:
             out[f"{prefix}{mode}_bpb"] = e["float"][mode]["val_bpb"]
+    if "quant_gap_ci" in e:  # the gap's bootstrap interval over eval windows, within the run
+        out[f"{prefix}quant_gap_lo"], out[f"{prefix}quant_gap_hi"] = e["quant_gap_ci"]["lo"], e["quant_gap_ci"]["hi"]
     return out
 
 

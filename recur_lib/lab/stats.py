@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..evaluate import gap_bootstrap as _gap_bootstrap
+
 
 # -- Student's t, without scipy: the regularized incomplete beta by its continued fraction --------------
 
@@ -167,22 +169,11 @@ def _normal_quantile(p: float) -> float:
 def gap_bootstrap(nll_float: Sequence[float] | np.ndarray, nll_quant: Sequence[float] | np.ndarray,
                   nbytes: Sequence[float] | np.ndarray, n_boot: int = 2000, level: float = 0.95,
                   seed: int = 0) -> Estimate:
-    """The bpb gap (quantized - float) of one run with a bootstrap interval. Each entry is one block of
-    scored tokens (a window or a document): its summed nll in nats under each weight set and its
-    target bytes. The same blocks are resampled for both (a paired bootstrap), and the gap of each
-    resample is a ratio: sum(nll_q - nll_f) / ln 2 / sum(bytes)."""
-    f, q, b = (np.asarray(v, dtype=float) for v in (nll_float, nll_quant, nbytes))
-    if not (len(f) == len(q) == len(b)) or len(f) == 0:
-        raise ValueError(f"gap_bootstrap: {len(f)}, {len(q)} and {len(b)} blocks; give the same blocks, at least one")
-    diff = q - f
-    gap = float(diff.sum() / math.log(2) / b.sum())
-    if len(f) < 2:
-        return Estimate(gap, float("nan"), float("nan"), 1, level, "bpb gap")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(f), size=(n_boot, len(f)))
-    boots = diff[idx].sum(axis=1) / math.log(2) / b[idx].sum(axis=1)
-    lo, hi = np.quantile(boots, [0.5 - level / 2, 0.5 + level / 2])
-    return Estimate(gap, float(lo), float(hi), len(f), level, "bpb gap")
+    """The bpb gap (quantized - float) of one run with a bootstrap interval (`evaluate.gap_bootstrap`,
+    which `recur eval` writes to eval.json as quant_gap_ci). Each entry is one block of scored tokens (a
+    window or a document): its summed nll in nats under each weight set and its target bytes."""
+    gap, lo, hi = _gap_bootstrap(nll_float, nll_quant, nbytes, n_boot, level, seed)
+    return Estimate(gap, lo, hi, len(nbytes), level, "bpb gap")
 
 
 # -- decisions -------------------------------------------------------------------------------------------

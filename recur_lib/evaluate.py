@@ -68,8 +68,9 @@ def score_windows(model: torch.nn.Module, tokens: torch.Tensor, plan: list[tuple
     return out
 
 
-def _bytes_of_targets(tokens: torch.Tensor, a: int, b: int, tables: ByteTables) -> int:
-    return int(count_bytes_torch(tokens[a:b], tokens[a + 1:b + 1], tables.to_torch()).sum())
+def _target_bytes(tokens: torch.Tensor, a: int, b: int, tables: ByteTables) -> torch.Tensor:
+    """The UTF-8 bytes of each target a..b-1 (the bpb denominator, per token)."""
+    return count_bytes_torch(tokens[a:b], tokens[a + 1:b + 1], tables.to_torch())
 
 
 @dataclass
@@ -102,8 +103,7 @@ def eval_windows(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables,
     model.train(was)
     # the plan scores one contiguous run of targets in order, so this rank's share is [first, last)
     first, last = (mine[0][0] + mine[0][1], mine[-1][0] + mine[-1][2]) if mine else (0, 0)
-    target_bytes = (count_bytes_torch(toks[first:last], toks[first + 1:last + 1], tables.to_torch())
-                    if mine else torch.zeros(0, dtype=torch.long))
+    target_bytes = _target_bytes(toks, first, last, tables) if mine else torch.zeros(0, dtype=torch.long)
     n_bytes = int(target_bytes.sum())
     ends = np.cumsum([hi - lo for _, lo, hi in mine])
     window_bytes = np.add.reduceat(target_bytes.numpy(), np.r_[0, ends[:-1]]) if mine else np.zeros(0)
@@ -240,7 +240,7 @@ def ttt_score_first(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTabl
                 nll[s + lo:s + hi] = v.numpy()
         if not adapt_before_scoring:
             _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs)
-    n_bytes = _bytes_of_targets(toks, 0, n, tables)
+    n_bytes = int(_target_bytes(toks, 0, n, tables).sum())
     return Scores(float(nll.sum()), n_bytes, n, time.perf_counter() - t0), nll
 
 

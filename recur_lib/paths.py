@@ -23,6 +23,16 @@ def resolve(path: str | Path, base: str | Path | None = None) -> Path:
     return Path.cwd() / p
 
 
+def project_relative(path: str | Path) -> str:
+    """The inverse of `resolve` for what is written out (status lines, tables, executed notebooks): a
+    path inside the project relative to it, so nothing published names a machine's folders; other
+    paths as they are."""
+    try:
+        return resolve(path).resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def atomic_write(path: str | Path, data: str | bytes | Callable[[BinaryIO], None]) -> Path:
     """Write a file so that readers see the old contents or the new ones, never a part: the data go to
     `<name>.tmp` beside it, then os.replace. `data` is text (UTF-8), bytes, or a function that writes

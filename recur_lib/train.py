@@ -290,7 +290,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
         if lock is not None:
             lock.release()
         raise refusal
-    run = RunFolder(run_dir, rt.is_main)
+    run = RunFolder(run_dir, rt.is_main, tensorboard=cfg.run.tensorboard)
     try:
         with _StopSignals() as signals:
             return _train(cfg, rt, run, can_resume, stop_at_step, signals)

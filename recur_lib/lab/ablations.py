@@ -71,18 +71,26 @@ def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None 
     return {a.name: a for a in arms}
 
 
+def looped(core: int, loops: int) -> dict[str, object]:
+    """The schedule overrides of a fully shared model: `core` blocks run `loops` times."""
+    return {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_core": core, "schedule.n_loops": loops,
+            "schedule.n_coda": 0}
+
+
+def hybrid(core: int, loops: int) -> dict[str, object]:
+    """The schedule overrides of a hybrid: one unique block, `core` shared blocks run `loops` times, one
+    unique block."""
+    return {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": core, "schedule.n_loops": loops,
+            "schedule.n_coda": 1}
+
+
 def quant_arms(loops: list[int], qat_bits: int) -> dict[str, Arm]:
     """#341: fully shared (4 blocks x L loops) vs hybrid (1 + 2 x (2L-1) + 1): both 4 unique blocks and 4L
     effective layers, so parameters and depth match; each with QAT off and on.
     Labels: arch (shared | hybrid), loops (L), qat (off | on), reuse (runs of each shared block: L, 2L - 1)."""
     arms = []
     for L in loops:
-        shapes = {
-            "shared": {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_core": 4, "schedule.n_loops": L,
-                       "schedule.n_coda": 0},
-            "hybrid": {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2,
-                       "schedule.n_loops": 2 * L - 1, "schedule.n_coda": 1},
-        }
+        shapes = {"shared": looped(4, L), "hybrid": hybrid(2, 2 * L - 1)}
         for arch, shape in shapes.items():
             for qat in ("off", "on"):
                 arms.append(Arm(f"{arch}-L{L}-qat-{qat}", {**shape, "quant.qat_bits": qat_bits if qat == "on" else 0},
@@ -102,16 +110,12 @@ def quant_loop_arms(loops: list[int] = (1, 2, 3, 4, 6), param_matched: bool = Tr
     common = {"quant.embed_bits": embed_bits, "quant.qat_bits": qat_bits}
     qat = "on" if qat_bits else "off"
     for L in loops:
-        shapes = [("shared", {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_core": 4,
-                              "schedule.n_loops": L, "schedule.n_coda": 0}, L),
-                  ("hybrid", {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 4,
-                              "schedule.n_loops": L, "schedule.n_coda": 1}, L)]
+        shapes = {"shared": looped(4, L), "hybrid": hybrid(4, L)}
         if param_matched:
-            shapes.append(("hybrid-pm", {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2,
-                                         "schedule.n_loops": 2 * L - 1, "schedule.n_coda": 1}, 2 * L - 1))
-        for arch, shape, reuse in shapes:
+            shapes["hybrid-pm"] = hybrid(2, 2 * L - 1)
+        for arch, shape in shapes.items():
             arms.append(Arm(f"{arch}-L{L}-qat-{qat}", {**shape, **common},
-                            {"arch": arch, "loops": L, "qat": qat, "reuse": reuse}))
+                            {"arch": arch, "loops": L, "qat": qat, "reuse": shape["schedule.n_loops"]}))
     return {a.name: a for a in arms}
 
 
@@ -122,19 +126,14 @@ def loop_arms(loops: list[int], base: Config, fixed_compute: bool, flat_control:
     depth 2 + 2L with unique blocks (depth without sharing).
     Labels: mode (params | compute | flat), loops (L)."""
     from ..model.flops import measured_flops
-
-    def hybrid(L: int) -> dict[str, object]:
-        return {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2, "schedule.n_loops": L,
-                "schedule.n_coda": 1}
-
     arms = []
-    ref = measured_flops(base.override(hybrid(min(loops))))
+    ref = measured_flops(base.override(hybrid(2, min(loops))))
     for L in loops:
-        arms.append(Arm(f"params-L{L}", hybrid(L), {"mode": "params", "loops": L}))
+        arms.append(Arm(f"params-L{L}", hybrid(2, L), {"mode": "params", "loops": L}))
         if fixed_compute and L != min(loops):
-            iters = max(1, round(base.train.iterations * ref / measured_flops(base.override(hybrid(L)))))
+            iters = max(1, round(base.train.iterations * ref / measured_flops(base.override(hybrid(2, L)))))
             warmdown = min(base.train.warmdown_iters, iters)
-            arms.append(Arm(f"compute-L{L}", {**hybrid(L), "train.iterations": iters, "train.warmdown_iters": warmdown,
+            arms.append(Arm(f"compute-L{L}", {**hybrid(2, L), "train.iterations": iters, "train.warmdown_iters": warmdown,
                                               "train.lr_warmup_steps": min(base.train.lr_warmup_steps, iters)},
                             {"mode": "compute", "loops": L}))
         if flat_control and L > 1:

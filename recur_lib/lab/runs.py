@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import pandas as pd
 
 from ..config import Config, ConfigError
-from ..paths import PROJECT_ROOT, atomic_write, resolve
+from ..paths import PROJECT_ROOT, atomic_write, project_relative, resolve
 from ..rundir import FINAL_STATUSES, PARENT_PID_ENV, read_eval, read_summary
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -210,15 +210,6 @@ def run_evaluation(run_dir: str | Path, name: str = "eval", overrides: Mapping[s
     return ("finished", result, tail) if result is not None else ("eval_failed", None, tail)
 
 
-def _shown(path: Path) -> str:
-    """A path as status lines show it: project-relative when inside the project, so notebook outputs
-    carry no machine's absolute paths."""
-    try:
-        return resolve(path).resolve().relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def _outcome(rec: RunRecord, seconds: float | None) -> str:
     """One line for a run's end: status, steps, bpb, and for a failure its error and where its log is."""
     s = rec.summary
@@ -233,7 +224,7 @@ def _outcome(rec: RunRecord, seconds: float | None) -> str:
         text = f"interrupted at step {s.get('steps')} ({s.get('reason')}); it resumes on the next launch"
     else:
         last = s.get("error") or (rec.log_tail.strip().splitlines() or [""])[-1]
-        text = f"{rec.status}: {last} (log: {_shown(rec.run_dir / 'stdout.log')})"
+        text = f"{rec.status}: {last} (log: {project_relative(rec.run_dir / 'stdout.log')})"
     return text + (" (reused)" if rec.reused else f" in {seconds:.0f} s" if seconds is not None else "")
 
 
@@ -263,7 +254,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         done = summary.get("steps")
         how = ("resuming" + (f" from step {done}" if done else "")) if (run_dir / "ckpt.pt").exists() and not force \
             else "training"
-        print(f"[{label}] {how} in {_shown(run_dir)}", flush=True)
+        print(f"[{label}] {how} in {project_relative(run_dir)}", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "launch.json", cfg.to_json() + "\n")
         train_args = ["train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
@@ -439,7 +430,7 @@ def save_table(df: pd.DataFrame, results_dir: str | Path, name: str) -> Path:
     out = resolve(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     if "run_dir" in df:
-        df = df.assign(run_dir=[_shown(Path(v)) if isinstance(v, str) else v for v in df["run_dir"]])
+        df = df.assign(run_dir=[project_relative(Path(v)) if isinstance(v, str) else v for v in df["run_dir"]])
     df.to_csv(out / f"{name}.csv", index=False)
     df.to_json(out / f"{name}.json", orient="records", indent=2)
     return out / f"{name}.csv"

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..paths import PROJECT_ROOT, atomic_write, resolve
+from ..paths import PROJECT_ROOT, atomic_write, project_relative, resolve
 
 NOTEBOOKS = ("00_quickstart", "10_lora_rank_divergence", "20_quant_gap_hybrid", "30_loop_scaling")
 
@@ -65,15 +65,6 @@ def notebook_parameters(preset: str, notebooks: tuple[str, ...], parameters: dic
     return out
 
 
-def _project_relative(path: Path) -> str:
-    """Paths handed to notebooks and written into results: relative to the project when inside it, so
-    executed notebooks and tables carry no machine's absolute paths."""
-    try:
-        return path.resolve().relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def _cell_error(e: Exception) -> str:
     """The failing cell's own exception (papermill keeps its name, value and execution count), whole."""
     ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
@@ -93,7 +84,7 @@ def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     staged = stage / f"{name}.ipynb"
-    params = {"preset": preset, "results_dir": _project_relative(stage), **parameters}
+    params = {"preset": preset, "results_dir": project_relative(stage), **parameters}
     t0 = time.time()
     status, error = "ok", None
     out_echo, err_echo = _Echo(sys.stdout), _Echo(sys.stderr)
@@ -126,7 +117,7 @@ def run_notebook(name: str, preset: str, results_dir: Path, parameters: dict[str
         out = results_dir / f"{name}.failed.ipynb"
         os.replace(staged, out)
     shutil.rmtree(stage, ignore_errors=True)
-    return {"notebook": name, "status": status, "seconds": seconds, "output": _project_relative(out), "error": error}
+    return {"notebook": name, "status": status, "seconds": seconds, "output": project_relative(out), "error": error}
 
 
 def _publish_paths(notebook: Path, stage: Path, results_dir: Path) -> None:
@@ -134,7 +125,7 @@ def _publish_paths(notebook: Path, stage: Path, results_dir: Path) -> None:
     inside the project (papermill's input and output paths, run folders in displayed tables) become
     project-relative, so a published notebook names no machine's folders."""
     text = re.sub(r"(?<![\w./-])" + re.escape(str(PROJECT_ROOT) + os.sep), "", notebook.read_text())
-    notebook.write_text(text.replace(_project_relative(stage), _project_relative(results_dir)))
+    notebook.write_text(text.replace(project_relative(stage), project_relative(results_dir)))
 
 
 class _Echo:

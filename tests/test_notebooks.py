@@ -133,3 +133,14 @@ def test_quant_probe_tables(workbook: Path) -> None:
     steps = pd.read_csv(workbook / "20_quant_probe_steps.csv")
     assert len(steps) == sum(len(g) for _, g in steps.groupby(["arm", "scheme"]))
     assert (steps["rel_error"] > 0).all()
+
+
+def test_published_results_name_no_machines_folders() -> None:
+    """Tables, executed notebooks and workbook.json under results/ hold project-relative paths to run
+    folders, results and notebooks, never a machine's absolute ones."""
+    import re
+    import subprocess
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    absolute = re.compile(r'(^|[",\s])/[\w./+-]*/(runs|results|notebooks)/')
+    bad = [f for f in tracked if f.endswith((".csv", ".json", ".ipynb")) and absolute.search((ROOT / f).read_text())]
+    assert not bad, bad

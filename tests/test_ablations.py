@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recur_lib import Config
-from recur_lib.lab.ablations import (divergence_counts, lora_arms, lora_regime_arms, lora_regime_verdict, lora_verdict,
+from recur_lib.lab.ablations import (boundary_arms, divergence_counts, lora_arms, lora_regime_arms, lora_regime_verdict, lora_verdict,
                                      loop_arms, loop_table, loop_verdict, quant_arms, quant_loop_arms, quant_loop_verdict,
                                      quant_table, quant_verdict)
 
@@ -171,6 +171,22 @@ def test_lora_regime_verdict_every_branch(diverged: dict, peak: dict, adam: bool
     text = lora_regime_verdict(regime_df(diverged, peak, adam))
     assert expect in text, text
     assert "- B-step x9.8: diverged" in text
+
+
+def test_lora_regime_verdict_reports_a_norm_per_multiplier() -> None:
+    df = regime_df({}, {})
+    norms = pd.DataFrame([{"arm": n, "A_mean": 1.0 + (n.startswith("muon-r8-b9.8"))} for n in df["arm"]])
+    assert "final ||A|| (mean over factors, loops and cells): x1 1, x2.828 1, x9.8 2" in lora_regime_verdict(df, norms)
+
+
+def test_boundary_arms_are_nearest_one_nat() -> None:
+    """Peaks 0.2 + 0.01 i everywhere except x9.8 (0.9 + 0.01 i) and one diverged x1 cell: the diverged
+    cell (counted at 1 nat) and the x9.8 cells nearest 1 nat come first; controls never."""
+    df = regime_df({1.0: 1}, {9.8: 0.9})
+    near = boundary_arms(df, k=3)
+    assert near[0] == "muon-r8-b1-beta0.95-lr0.01"
+    assert near[1:] == ["muon-r8-b9.8-beta0.99-lr0.04", "muon-r8-b9.8-beta0.99-lr0.01"]
+    assert boundary_arms(df[df["optimizer"] == "adamw"]) == []
 
 
 def test_quant_loop_arms_match_reuse_and_parameters() -> None:

@@ -71,6 +71,20 @@ def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None 
     return {a.name: a for a in arms}
 
 
+def boundary_arms(df: pd.DataFrame, k: int = 3, threshold: float = 1.0) -> list[str]:
+    """Stage 2 of the LoRA question: the k Muon grid arms nearest the instability boundary, the ones
+    more seeds can move from one side to the other. Nearness is the distance of an arm's mean peak loss
+    rise over its running minimum from `threshold` (the divergence criterion's 1 nat), on a log scale so
+    that 0.5 and 2 nats are equally near; diverged runs count at least the threshold."""
+    grid = df[(df["optimizer"] == "muon") & df["b_mult"].notna() & df["status"].isin(["finished", "diverged"])]
+    if grid.empty:
+        return []
+    peak = grid["loss_peak_excess"].astype(float).fillna(0.0).clip(lower=1e-3)
+    peak = peak.where(grid["status"] != "diverged", peak.clip(lower=threshold))
+    dist = (peak / threshold).map(math.log).abs().groupby(grid["arm"], sort=False).mean()
+    return dist.sort_values(kind="stable").index[:k].tolist()
+
+
 def looped(core: int, loops: int) -> dict[str, object]:
     """The schedule overrides of a fully shared model: `core` blocks run `loops` times."""
     return {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_core": core, "schedule.n_loops": loops,
@@ -265,11 +279,13 @@ def lora_verdict(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["", verdict])
 
 
-def lora_regime_verdict(df: pd.DataFrame) -> str:
+def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None) -> str:
     """The regime grid (`lora_regime_arms`): does instability rise with B's step multiplier at fixed lr
     and momentum? Decided from the divergence rates at the largest and the smallest multiplier over
     all cells (Newcombe's interval of the difference) and the peak loss rise paired by cell and seed
-    (t interval). The AdamW control at #1096's lr says whether Muon is needed for the failure at all."""
+    (t interval). The AdamW control at #1096's lr says whether Muon is needed for the failure at all.
+    With `norms` (`runs.lora_norm_summary`), the final ||A|| per multiplier: #1096's feedback predicts A
+    growing faster where B steps further."""
     grid = df[(df["optimizer"] == "muon") & df["b_mult"].notna()]
     if grid.empty or grid["b_mult"].nunique() < 2:
         return "Need the regime grid: Muon arms at two or more B-step multipliers."
@@ -289,6 +305,12 @@ def lora_regime_verdict(df: pd.DataFrame) -> str:
     lines.append(f"- divergence rate, x{hi:g} - x{lo:g}: {rate}")
     if peak is not None:
         lines.append(f"- peak loss rise, x{hi:g} - x{lo:g}, paired by seed, momentum and lr: {peak}")
+    if norms is not None and not norms.empty and "A_mean" in norms:
+        mult = grid.drop_duplicates("arm").set_index("arm")["b_mult"]
+        a = norms[norms["arm"].isin(mult.index)].assign(b_mult=lambda t: t["arm"].map(mult))
+        a = a.groupby("b_mult")["A_mean"].mean()
+        lines.append("- final ||A|| (mean over factors, loops and cells): "
+                     + ", ".join(f"x{m:g} {v:.3g}" for m, v in a.items()))
     adam = df[(df["optimizer"] == "adamw") & (df["rank"] > 1) & (df["lr"] == 0.025)]
     adam_k = int((adam["status"] == "diverged").sum())
     decisions = {decide(rate), "inconclusive" if peak is None else decide(peak)}

@@ -74,28 +74,32 @@ def bars(summary: pd.DataFrame, metric: str = "mean", err: str = "std", by: str 
     return ax
 
 
-def lora_norms(run_dir: str, which: str = "BA", ax: Any = None) -> Any:
+def lora_norms(run_dir: str, which: str = "BA", ax: Any = None, label: str | None = None) -> Any:
     """Per-loop norm of the LoRA factors over training: root-sum-square over blocks and targets.
-    which: "A", "B" or "BA" (for the vector form: v, u, and |u||v|)."""
+    which: "A", "B", "BA" (for the vector form: v, u, and |u||v|) or "BA/W" (||BA||_2 / ||W||_2, the
+    delta's size against the weight it modifies: mean over blocks and targets). With `label`, one line
+    for the run (all loops together) under that label, so that runs can share an axis."""
     ax = _ax(ax)
     m = load_metrics(run_dir)
     if "lora_norms" not in m:
         ax.set_title("no LoRA norms logged")
         return ax
     rows = m.dropna(subset=["lora_norms"])
-    k = {"A": 0, "B": 1, "BA": 2}[which]
+    k = {"A": 0, "B": 1, "BA": 2, "BA/W": 3}[which]
+    ratio = which == "BA/W"
     per_loop: dict[str, list[float]] = {}
     for norms in rows["lora_norms"]:
-        agg: dict[str, float] = {}
+        agg: dict[str, list[float]] = {}
         for key, vals in norms.items():
-            loop = key.split(".")[0].split("_")[1]  # "b1_l2.q" -> "l2"
-            agg[loop] = agg.get(loop, 0.0) + vals[k] ** 2
+            loop = "all" if label else key.split(".")[0].split("_")[1]  # "b1_l2.q" -> "l2"
+            if len(vals) > k:
+                agg.setdefault(loop, []).append(vals[k])
         for loop, v in agg.items():
-            per_loop.setdefault(loop, []).append(v ** 0.5)
+            per_loop.setdefault(loop, []).append(sum(v) / len(v) if ratio else sum(x * x for x in v) ** 0.5)
     for loop, vals in sorted(per_loop.items()):
-        ax.plot(rows["step"].to_numpy()[: len(vals)], vals, label=f"loop {loop[1:]}")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"||{which}|| (all blocks, targets)")
+        ax.plot(rows["step"].to_numpy()[: len(vals)], vals, label=label or f"loop {loop[1:]}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean ||BA||₂ / ||W||₂" if ratio else f"||{which}|| (all blocks, targets)")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     return ax

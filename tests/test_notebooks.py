@@ -117,10 +117,12 @@ def test_workbook_presets_are_the_cpu_sizes() -> None:
 def test_the_lora_regime_design_runs_and_decides(tiny_data: Path, tmp_path: Path) -> None:
     report = run_workbook("smoke", ("10_lora_rank_divergence",), str(tmp_path), {
         "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB}, "design": "regime",
-        "runs_dir": str(tmp_path / "runs"), "parallel": 2}, html=False)
+        "boundary_seeds": [1], "boundary_arms": 2, "runs_dir": str(tmp_path / "runs"), "parallel": 2}, html=False)
     assert report[0]["status"] == "ok", report[0]["error"]
     runs = pd.read_csv(tmp_path / "smoke" / "10_lora_runs.csv")
-    assert len(runs) == 16 and set(runs["b_mult"].dropna()) == {1.0, 2.0, 9.8}
+    assert len(runs) == 16 + 2 and set(runs["b_mult"].dropna()) == {1.0, 2.0, 9.8}
+    stage2 = runs[runs["seed"] == 1]
+    assert len(stage2) == 2 and (stage2["optimizer"] == "muon").all() and stage2["b_mult"].notna().all()
     nb = json.loads((tmp_path / "smoke" / "10_lora_rank_divergence.ipynb").read_text())
     printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
     assert "- B-step x9.8: diverged" in printed

@@ -263,6 +263,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .submit import write_submission
+    cfg = config_from_args(args)
+    sub = write_submission(cfg, args.out, args.runs or [], strip=args.strip, name=args.name or "", author=args.author or "",
+                           github_id=args.github_id or "", overwrite=args.overwrite)
+    model = "estimated at random init" if sub["bytes_model_estimated"] else "the largest run's"
+    print(f"{_shown(Path(args.out))}: train_gpt.py {sub['bytes_code']:,} bytes"
+          + (f" (stripped: {sub['bytes_code_stripped_saved']:,} saved)" if args.strip else "")
+          + f" + model {sub['bytes_model']:,} ({model}) = {sub['bytes_total']:,} of 16,000,000")
+    if sub["seeds"]:
+        print(f"val_bpb {sub['val_bpb']:.4f} over seeds {sub['seeds']}")
+    return 0
+
+
 def cmd_workbook(args: argparse.Namespace) -> int:
     import ast
 
@@ -385,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--set", action="append", metavar="KEY=VALUE", help="a config override for every run")
     wb.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML renderings")
     wb.set_defaults(func=cmd_workbook)
+
+    sm = sub.add_parser("submit", help="a Parameter Golf records folder: self-contained train_gpt.py, submission.json, "
+                        "README, logs", formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
+  recur submit --preset smoke --out submissions/smoke --strip --overwrite   # no runs: model bytes estimated
+  recur submit --preset seed-927 --runs <RUN_DIR> ... --out submissions/927 --strip  # from its evaluated runs""")
+    add_config_args(sm)
+    sm.add_argument("--runs", nargs="+", help="evaluated run folders of this config (one per seed)")
+    sm.add_argument("--out", required=True, help="the records folder to write (refused if it holds files)")
+    sm.add_argument("--strip", action="store_true", help="embed the code without comments and docstrings")
+    sm.add_argument("--name", help="submission name")
+    sm.add_argument("--author", help="author's name")
+    sm.add_argument("--github-id", help="author's GitHub id")
+    sm.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    sm.set_defaults(func=cmd_submit)
 
     runs = sub.add_parser("runs", help="find, list and compare run folders").add_subparsers(dest="cmd", required=True)
     ls = runs.add_parser("ls", help="a table of the run folders under ROOT (default: runs/), searched recursively",

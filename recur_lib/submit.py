@@ -195,6 +195,8 @@ def render_script(cfg: Config, strip: bool = False) -> str:
                           f"submission may use ({', '.join(sorted(ALLOWED_IMPORTS))} and the standard library)")
     if strip:
         modules = {m: strip_source(s) for m, s in modules.items()}
+    # where the run that tested it lived is no part of the submission (the script's run folder is runs/$RUN_ID)
+    cfg = cfg.override({"run.name": "run", "run.out_dir": "runs"})
     from .model import build_model
     shape = build_model(cfg).describe().splitlines()[0].split(None, 1)[1]
     head = (f'"""Parameter Golf submission: a recur-golf model, d {cfg.model.dim}, schedule {shape}.\n'

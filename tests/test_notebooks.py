@@ -146,3 +146,20 @@ def test_published_results_name_no_machines_folders() -> None:
     absolute = re.compile(r'(^|[",\s])/[\w./+-]*/(runs|results|notebooks)/')
     bad = [f for f in tracked if f.endswith((".csv", ".json", ".ipynb")) and absolute.search((ROOT / f).read_text())]
     assert not bad, bad
+
+
+def test_the_loop_budget_design_runs_and_decides(tiny_data: Path, tmp_path: Path) -> None:
+    report = run_workbook("smoke", ("30_loop_scaling",), str(tmp_path), {
+        "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB}, "design": "budgets",
+        "loops": [1, 2], "budgets": [1024, 2048], "sampled_loops": 2, "eval_loops_max": 3, "seeds": [0], "flat_control": True,
+        "runs_dir": str(tmp_path / "runs"), "parallel": 2}, html=False)
+    assert report[0]["status"] == "ok", report[0]["error"]
+    t = pd.read_csv(tmp_path / "smoke" / "30_loop_scaling.csv")
+    assert set(t["mode"]) == {"compute", "params", "flat", "sampled"} and finite(t["final_val_bpb"])
+    comp = t[t["mode"] == "compute"]
+    assert sorted(comp[comp["loops"] == 1]["steps"]) == [2, 4]  # the budgets over 512-token steps
+    d = pd.read_csv(tmp_path / "smoke" / "30_loop_scaling_depth.csv")
+    assert sorted(d["eval_loops"].unique()) == [1, 2, 3] and set(d["loop_sampling"]) == {"fixed", "poisson_lognormal"}
+    nb = json.loads((tmp_path / "smoke" / "30_loop_scaling.ipynb").read_text())
+    printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "- L1 from 1,024 to 2,048 tokens" in printed

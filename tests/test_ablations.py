@@ -273,3 +273,30 @@ def test_loop_stop_verdict_every_branch(gain_l1: float, gains: dict, expect: str
     text = loop_stop_verdict(budget_df(gain_l1, gains))
     assert expect in text, text
     assert "Need the L1 arm" in loop_stop_verdict(budget_df(0.3, gains)[lambda d: d["budget"] == 1])
+
+
+def length_df(gaps: dict[str, dict[int, float]], seeds: int = 1, width: float = 0.001) -> pd.DataFrame:
+    rows = []
+    for arch, per in gaps.items():
+        for n, g in per.items():
+            for s in range(seeds):
+                v = g + 0.0002 * s
+                rows.append({"arch": arch, "length": n, "bits": 4, "seed": s, "quant_gap": v,
+                             "quant_gap_lo": v - width, "quant_gap_hi": v + width})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gaps, seeds, expect", [
+    ({"shared": {250: 0.01, 4000: 0.03}, "hybrid": {250: 0.01, 4000: 0.02}}, 1, "grows with training length in every arm"),
+    ({"shared": {250: 0.01, 4000: 0.03}, "hybrid": {250: 0.01, 4000: 0.0105}}, 1, "in shared only"),
+    ({"shared": {250: 0.03, 4000: 0.01}, "hybrid": {250: 0.03, 4000: 0.01}}, 3, "shrinks"),
+    ({"shared": {250: 0.01, 4000: 0.0101}, "hybrid": {250: 0.01, 4000: 0.0101}}, 1, "Inconclusive"),
+])
+def test_quant_length_verdict_every_branch(gaps: dict, seeds: int, expect: str) -> None:
+    from recur_lib.lab.ablations import quant_length_arms, quant_length_verdict
+    text = quant_length_verdict(length_df(gaps, seeds), bits=4)
+    assert expect in text, text
+    assert ("paired by seed" in text) == (seeds > 1)
+    arms = quant_length_arms(3, [250, 1000])
+    assert sorted(arms) == ["hybrid-L3-1000steps", "hybrid-L3-250steps", "shared-L3-1000steps", "shared-L3-250steps"]
+    assert arms["hybrid-L3-250steps"].overrides["train.iterations"] == 250

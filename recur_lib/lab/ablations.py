@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..config import Config
 from .runs import Arm
-from .stats import decide, mean_ci, paired_diff, rate_ci, rate_diff_ci
+from .stats import Estimate, decide, mean_ci, paired_diff, rate_ci, rate_diff_ci
 
 LORA_ARMS = ("rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none", "rank8-muon-moonlight", "rank8-adamw")
 
@@ -131,6 +131,59 @@ def quant_loop_arms(loops: list[int] = (1, 2, 3, 4, 6), param_matched: bool = Tr
             arms.append(Arm(f"{arch}-L{L}-qat-{qat}", {**shape, **common},
                             {"arch": arch, "loops": L, "qat": qat, "reuse": shape["schedule.n_loops"]}))
     return {a.name: a for a in arms}
+
+
+def quant_length_arms(loops: int, lengths: list[int], embed_bits: int = 16) -> dict[str, Arm]:
+    """The gap against training length: the fully shared 4 x L model and the matched-reuse hybrid
+    1 + 4 x L + 1, each trained for every step count in `lengths`. Separate runs rather than snapshots of
+    the longest: warmdown, warmup and averaging are fractions of a run, so each length is a finished model
+    (snapshots mid-run would carry the high-lr weights' gap). Labels: arch, loops, qat, reuse, length."""
+    arms = []
+    for n in lengths:
+        for arch, shape in (("shared", looped(4, loops)), ("hybrid", hybrid(4, loops))):
+            arms.append(Arm(f"{arch}-L{loops}-{n}steps", {**shape, "train.iterations": n, "quant.embed_bits": embed_bits,
+                                                          "quant.qat_bits": 0},
+                            {"arch": arch, "loops": loops, "qat": "off", "reuse": loops, "length": n}))
+    return {a.name: a for a in arms}
+
+
+def quant_length_verdict(df: pd.DataFrame, bits: int) -> str:
+    """Does the gap grow with training length (`quant_length_arms`)? Per arch, the gap at the longest
+    minus the shortest length: paired by seed with a t interval when there are two or more seeds, else
+    from the two runs' window-bootstrap intervals (normal approximation, independent runs): that
+    interval sees the eval text's sampling, not the seed's."""
+    sub = df[df["bits"] == bits]
+    if sub.empty or sub["length"].nunique() < 2:
+        return "Need two or more training lengths."
+    short, long = sub["length"].min(), sub["length"].max()
+    lines, decisions = [], {}
+    for arch, g in sub.groupby("arch"):
+        per = g.groupby("length")["quant_gap"].mean()
+        lines.append(f"- {arch}: int{bits} gap " + ", ".join(f"{int(n):,} steps {v:+.4f}" for n, v in per.items()))
+        if g["seed"].nunique() >= 2:
+            d = paired_diff(g, "quant_gap", by="length", a=long, b=short)
+            how = "paired by seed"
+        elif {"quant_gap_lo", "quant_gap_hi"} <= set(g.columns):
+            a, b = g[g["length"] == long].iloc[0], g[g["length"] == short].iloc[0]
+            se = math.hypot(a["quant_gap_hi"] - a["quant_gap_lo"], b["quant_gap_hi"] - b["quant_gap_lo"]) / (2 * 1.96)
+            diff = a["quant_gap"] - b["quant_gap"]
+            d = Estimate(diff, diff - 1.96 * se, diff + 1.96 * se, 1, 0.95, "quant_gap: long - short")
+            how = "one seed: window-bootstrap intervals"
+        else:
+            d = mean_ci([])
+            how = "no interval"
+        decisions[arch] = decide(d)
+        lines.append(f"  {int(long):,} - {int(short):,} steps: {d} bpb ({how})")
+    grows = [a for a, v in decisions.items() if v == "higher"]
+    if len(grows) == len(decisions):
+        v = f"The int{bits} gap grows with training length in every arm: longer-trained weights quantize worse"
+    elif grows:
+        v = f"The int{bits} gap grows with training length in {', '.join(grows)} only"
+    elif all(v == "lower" for v in decisions.values()):
+        v = f"The int{bits} gap shrinks with training length in every arm"
+    else:
+        v = f"Inconclusive: the change of the int{bits} gap with training length is not resolved in every arm"
+    return "\n".join(lines + ["", v + f" ({int(short):,} to {int(long):,} steps)."])
 
 
 def loop_arms(loops: list[int], base: Config, fixed_compute: bool, flat_control: bool = False) -> dict[str, Arm]:

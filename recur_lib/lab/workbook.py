@@ -36,7 +36,15 @@ PRESET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
             # tokens (16 x 128) so that 16 arms + the boundary's second seed take ~2 h on 2 cores.
             "10_lora_rank_divergence": {"design": "regime", "iterations": 1500, "seeds": [0], "boundary_seeds": [1],
                                         "overrides": {"train.batch_tokens": 2048, "train.val_every": 500}},
-            "30_loop_scaling": {"loops": [1, 2, 4, 8]}},
+            # Quantization through loops at 1,000 steps (4 x the quick length), a second data-order seed at L = 3
+            # and 6, and the gap against training length at L = 3.
+            "20_quant_gap_hybrid": {"design": "loops", "loops": [1, 2, 3, 4, 6], "iterations": 1000, "seeds": [0],
+                                    "extra_seed_loops": [3, 6], "length_loops": 3, "lengths": [250, 1000, 4000],
+                                    "bits": [8, 6, 4], "probe_bits": [8, 4]},
+            # Compute-matched loops at 1M and 4M L1-token-equivalents, 2 data-order seeds.
+            "30_loop_scaling": {"design": "budgets", "loops": [1, 2, 3, 4, 6], "seeds": [0, 1],
+                                "budgets": [1_000_000, 4_000_000], "flat_control": True, "sampled_loops": 3,
+                                "eval_loops_max": 8}},
 }
 
 

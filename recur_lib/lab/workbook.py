@@ -33,8 +33,9 @@ NOTEBOOKS = ("00_quickstart", "10_lora_rank_divergence", "20_quant_gap_hybrid", 
 PRESET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {"*": {"seeds": [0, 1, 2], "parallel": 2},
             # #1096's regime: its 1,500 steps with the momentum warmup ending at step 1,000; batches of 2,048
-            # tokens (16 x 128) so that 16 arms + the boundary's second seed take ~2 h on 2 cores.
+            # tokens (16 x 128), so that 16 arms and 4 boundary arms at a second seed take ~2 h on 2 cores.
             "10_lora_rank_divergence": {"design": "regime", "iterations": 1500, "seeds": [0], "boundary_seeds": [1],
+                                        "boundary_arms": 4,
                                         "overrides": {"train.batch_tokens": 2048, "train.val_every": 500}},
             # Quantization through loops at 1,000 steps (4 x the quick length), a second data-order seed at L = 3
             # and 6, and the gap against training length at L = 3.

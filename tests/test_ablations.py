@@ -2,6 +2,9 @@
 decide from intervals: each branch on a synthetic table."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -300,3 +303,25 @@ def test_quant_length_verdict_every_branch(gaps: dict, seeds: int, expect: str) 
     arms = quant_length_arms(3, [250, 1000])
     assert sorted(arms) == ["hybrid-L3-1000steps", "hybrid-L3-250steps", "shared-L3-1000steps", "shared-L3-250steps"]
     assert arms["hybrid-L3-250steps"].overrides["train.iterations"] == 250
+def test_relative_instability_cancels_a_spike_every_arm_sees(tmp_path: Path) -> None:
+    """Three runs on the same batches: a data spike at step 5 in all three, an extra one at step 8 in
+    run c only. The own-minimum peak sees the common spike everywhere; the relative one only c's."""
+    from recur_lib.lab.ablations import relative_instability
+    rows = []
+    for name, extra in (("a", 0.0), ("b", 0.0), ("c", 3.0)):
+        d = tmp_path / name
+        d.mkdir()
+        losses = [4.0 - 0.01 * s + (5.0 if s == 5 else 0.0) + (extra if s == 8 else 0.0) for s in range(1, 21)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": v}) + "\n"
+                                                 for s, v in zip(range(1, 21), losses)))
+        rows.append({"arm": name, "seed": 0, "run_dir": str(d)})
+    out = relative_instability(pd.DataFrame(rows)).set_index("arm")
+    assert out.loc["a", "rel_peak_excess"] == pytest.approx(0.0, abs=1e-9) and out.loc["a", "rel_spikes"] == 0
+    assert out.loc["c", "rel_peak_excess"] == pytest.approx(0.3) and out.loc["c", "rel_spikes"] == 1
+    assert relative_instability(pd.DataFrame(rows[:2]))["rel_peak_excess"].isna().all()  # no median of two
+
+
+def test_lora_regime_verdict_reads_the_named_instability_column() -> None:
+    df = regime_df({}, {1.0: 0.1, 2.828: 0.4, 9.8: 0.9}).rename(columns={"loss_peak_excess": "rel_peak_excess"})
+    text = lora_regime_verdict(df, peak="rel_peak_excess")
+    assert "peak loss rise over the other arms, x9.8 - x1" in text and "holds here" in text

@@ -36,6 +36,9 @@ def lora_arms(lr_adamw: float, lr_muon: float, rank: int = 8) -> dict[str, Arm]:
     return {a.name: a for a in arms}
 
 
+_PEAK_NAMES = {"loss_peak_excess": "peak loss rise", "rel_peak_excess": "peak loss rise over the other arms"}
+
+
 def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None = None,
                      betas: tuple[float, ...] = (0.95, 0.99), lrs: tuple[float, ...] = (0.01, 0.04),
                      warmup_frac: float = 2 / 3) -> dict[str, Arm]:
@@ -83,6 +86,34 @@ def boundary_arms(df: pd.DataFrame, k: int = 3, threshold: float = 1.0) -> list[
     peak = peak.where(grid["status"] != "diverged", peak.clip(lower=threshold))
     dist = (peak / threshold).map(math.log).abs().groupby(grid["arm"], sort=False).mean()
     return dist.sort_values(kind="stable").index[:k].tolist()
+
+
+def relative_instability(df: pd.DataFrame, alpha: float = 0.1, spike: float = 0.5) -> pd.DataFrame:
+    """Instability measured against the other arms on the same batches. Arms of one seed read the same
+    tokens in the same order, so a batch that is hard for every model (a data spike) raises every run's
+    loss at the same step and swamps `loss_peak_excess`. Here each run's train loss is compared with the
+    median over the runs of its seed at that step: `rel_peak_excess` is the peak of that difference
+    smoothed like the divergence monitor (EMA, alpha 0.1), `rel_spikes` the steps where the raw
+    difference exceeds `spike` nats. Needs at least three runs per seed (a median of two is their mean);
+    rows with fewer get NaN. Returns df with the two columns added."""
+    from .runs import load_metrics
+    out = df.copy()
+    out["rel_peak_excess"], out["rel_spikes"] = float("nan"), float("nan")
+    for _, g in df.groupby("seed"):
+        curves = {}
+        for i, r in g.iterrows():
+            m = load_metrics(r["run_dir"]) if isinstance(r.get("run_dir"), str) else pd.DataFrame()
+            if "train_loss" in m:
+                curves[i] = m.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
+        if len(curves) < 3:
+            continue
+        table = pd.DataFrame(curves)
+        diff = table.sub(table.median(axis=1), axis=0)
+        for i in curves:
+            d = diff[i].dropna()
+            out.loc[i, "rel_peak_excess"] = float(d.ewm(alpha=alpha, adjust=False).mean().max())
+            out.loc[i, "rel_spikes"] = int((d > spike).sum())
+    return out
 
 
 def looped(core: int, loops: int) -> dict[str, object]:
@@ -428,13 +459,15 @@ def lora_verdict(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["", verdict])
 
 
-def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None) -> str:
+def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, peak: str = "loss_peak_excess") -> str:
     """The regime grid (`lora_regime_arms`): does instability rise with B's step multiplier at fixed lr
     and momentum? Decided from the divergence rates at the largest and the smallest multiplier over
     all cells (Newcombe's interval of the difference) and the peak loss rise paired by cell and seed
     (t interval). The AdamW control at #1096's lr says whether Muon is needed for the failure at all.
     With `norms` (`runs.lora_norm_summary`), the final ||A|| per multiplier: #1096's feedback predicts A
-    growing faster where B steps further."""
+    growing faster where B steps further. `peak` names the instability column: `loss_peak_excess` (over
+    the run's own running minimum) or `rel_peak_excess` (over the other arms on the same batches,
+    `relative_instability`)."""
     grid = df[(df["optimizer"] == "muon") & df["b_mult"].notna()]
     if grid.empty or grid["b_mult"].nunique() < 2:
         return "Need the regime grid: Muon arms at two or more B-step multipliers."
@@ -442,18 +475,18 @@ def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None) -> 
     lines = []
     for m, g in grid.groupby("b_mult"):
         k = int((g["status"] == "diverged").sum())
-        peak = mean_ci(g["loss_peak_excess"].tolist()) if "loss_peak_excess" in g else None
+        rise = mean_ci(g[peak].tolist()) if peak in g else None
         r = rate_ci(k, len(g))
         lines.append(f"- B-step x{m:g}: diverged {k}/{len(g)} (rate 95% CI [{r.lo:.0%}, {r.hi:.0%}])"
-                     + (f", peak loss rise {peak.mean:.2f} nats" if peak is not None and peak.n else ""))
+                     + (f", {_PEAK_NAMES[peak]} {rise.mean:.3f} nats" if rise is not None and rise.n else ""))
     k_hi, n_hi = int((grid[grid["b_mult"] == hi]["status"] == "diverged").sum()), int((grid["b_mult"] == hi).sum())
     k_lo, n_lo = int((grid[grid["b_mult"] == lo]["status"] == "diverged").sum()), int((grid["b_mult"] == lo).sum())
     rate = rate_diff_ci(k_hi, n_hi, k_lo, n_lo)
-    peak = (paired_diff(grid, "loss_peak_excess", by="b_mult", a=hi, b=lo, pair=["seed", "beta", "lr"])
-            if "loss_peak_excess" in grid else None)
+    rise_d = (paired_diff(grid, peak, by="b_mult", a=hi, b=lo, pair=["seed", "beta", "lr"])
+              if peak in grid else None)
     lines.append(f"- divergence rate, x{hi:g} - x{lo:g}: {rate}")
-    if peak is not None:
-        lines.append(f"- peak loss rise, x{hi:g} - x{lo:g}, paired by seed, momentum and lr: {peak}")
+    if rise_d is not None:
+        lines.append(f"- {_PEAK_NAMES[peak]}, x{hi:g} - x{lo:g}, paired by seed, momentum and lr: {rise_d}")
     if norms is not None and not norms.empty and "A_mean" in norms:
         mult = grid.drop_duplicates("arm").set_index("arm")["b_mult"]
         a = norms[norms["arm"].isin(mult.index)].assign(b_mult=lambda t: t["arm"].map(mult))
@@ -462,7 +495,7 @@ def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None) -> 
                      + ", ".join(f"x{m:g} {v:.3g}" for m, v in a.items()))
     adam = df[(df["optimizer"] == "adamw") & (df["rank"] > 1) & (df["lr"] == 0.025)]
     adam_k = int((adam["status"] == "diverged").sum())
-    decisions = {decide(rate), "inconclusive" if peak is None else decide(peak)}
+    decisions = {decide(rate), "inconclusive" if rise_d is None else decide(rise_d)}
     if "higher" in decisions and "lower" not in decisions:
         v = (f"Instability rises with B's step multiplier at fixed lr and momentum (x{hi:g} against x{lo:g}): the "
              "shape-scale story of #1096 holds here")

@@ -36,7 +36,7 @@ def lora_arms(lr_adamw: float, lr_muon: float, rank: int = 8) -> dict[str, Arm]:
     return {a.name: a for a in arms}
 
 
-_PEAK_NAMES = {"loss_peak_excess": "peak loss rise", "rel_peak_excess": "peak loss rise over the other arms"}
+_PEAK_NAMES = {"loss_peak_excess": "peak loss rise", "clean_peak_excess": "peak loss rise without the common data spikes"}
 
 
 def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None = None,
@@ -89,16 +89,17 @@ def boundary_arms(df: pd.DataFrame, k: int = 3, threshold: float = 1.0) -> list[
 
 
 def relative_instability(df: pd.DataFrame, alpha: float = 0.1, spike: float = 0.5) -> pd.DataFrame:
-    """Instability measured against the other arms on the same batches. Arms of one seed read the same
+    """Instability with the batches every arm finds hard taken out. Arms of one seed read the same
     tokens in the same order, so a batch that is hard for every model (a data spike) raises every run's
-    loss at the same step and swamps `loss_peak_excess`. Here each run's train loss is compared with the
-    median over the runs of its seed at that step: `rel_peak_excess` is the peak of that difference
-    smoothed like the divergence monitor (EMA, alpha 0.1), `rel_spikes` the steps where the raw
-    difference exceeds `spike` nats. Needs at least three runs per seed (a median of two is their mean);
-    rows with fewer get NaN. Returns df with the two columns added."""
+    loss at the same step and swamps `loss_peak_excess`. Steps where the median loss over the seed's
+    runs jumps more than `spike` nats above its own EMA are left out, and on the rest each run gets the
+    divergence monitor's statistic: the peak of its smoothed loss (EMA, alpha 0.1) over its running
+    minimum (`clean_peak_excess`). `rel_spikes` counts the steps where a run's loss exceeds that median
+    by more than `spike`: its own spikes. Needs at least three runs per seed (a median of two is their
+    mean); rows with fewer get NaN. Returns df with the two columns added."""
     from .runs import load_metrics
     out = df.copy()
-    out["rel_peak_excess"], out["rel_spikes"] = float("nan"), float("nan")
+    out["clean_peak_excess"], out["rel_spikes"] = float("nan"), float("nan")
     for _, g in df.groupby("seed"):
         curves = {}
         for i, r in g.iterrows():
@@ -108,11 +109,13 @@ def relative_instability(df: pd.DataFrame, alpha: float = 0.1, spike: float = 0.
         if len(curves) < 3:
             continue
         table = pd.DataFrame(curves)
-        diff = table.sub(table.median(axis=1), axis=0)
+        med = table.median(axis=1)
+        common = med - med.ewm(alpha=alpha, adjust=False).mean().shift(1) > spike
         for i in curves:
-            d = diff[i].dropna()
-            out.loc[i, "rel_peak_excess"] = float(d.ewm(alpha=alpha, adjust=False).mean().max())
-            out.loc[i, "rel_spikes"] = int((d > spike).sum())
+            own = table[i][~common].dropna()
+            ema = own.ewm(alpha=alpha, adjust=False).mean()
+            out.loc[i, "clean_peak_excess"] = float((ema - ema.cummin()).max())
+            out.loc[i, "rel_spikes"] = int((table[i] - med > spike).sum())
     return out
 
 
@@ -459,15 +462,17 @@ def lora_verdict(df: pd.DataFrame) -> str:
     return "\n".join(lines + ["", verdict])
 
 
-def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, peak: str = "loss_peak_excess") -> str:
+def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, peak: str = "loss_peak_excess",
+                        margin: float = 0.1) -> str:
     """The regime grid (`lora_regime_arms`): does instability rise with B's step multiplier at fixed lr
     and momentum? Decided from the divergence rates at the largest and the smallest multiplier over
     all cells (Newcombe's interval of the difference) and the peak loss rise paired by cell and seed
     (t interval). The AdamW control at #1096's lr says whether Muon is needed for the failure at all.
     With `norms` (`runs.lora_norm_summary`), the final ||A|| per multiplier: #1096's feedback predicts A
     growing faster where B steps further. `peak` names the instability column: `loss_peak_excess` (over
-    the run's own running minimum) or `rel_peak_excess` (over the other arms on the same batches,
-    `relative_instability`)."""
+    the run's own running minimum) or `clean_peak_excess` (the same without the steps every arm finds
+    hard, `relative_instability`). A difference of peak rises inside +-`margin` nats (a tenth of the
+    divergence criterion's 1 nat) is too small to call instability: "equivalent", not a direction."""
     grid = df[(df["optimizer"] == "muon") & df["b_mult"].notna()]
     if grid.empty or grid["b_mult"].nunique() < 2:
         return "Need the regime grid: Muon arms at two or more B-step multipliers."
@@ -495,7 +500,7 @@ def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, pea
                      + ", ".join(f"x{m:g} {v:.3g}" for m, v in a.items()))
     adam = df[(df["optimizer"] == "adamw") & (df["rank"] > 1) & (df["lr"] == 0.025)]
     adam_k = int((adam["status"] == "diverged").sum())
-    decisions = {decide(rate), "inconclusive" if rise_d is None else decide(rise_d)}
+    decisions = {decide(rate), "inconclusive" if rise_d is None else decide(rise_d, margin)}
     if "higher" in decisions and "lower" not in decisions:
         v = (f"Instability rises with B's step multiplier at fixed lr and momentum (x{hi:g} against x{lo:g}): the "
              "shape-scale story of #1096 holds here")
@@ -506,8 +511,8 @@ def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, pea
              "of #1096.")
     elif not (df["status"] == "diverged").any():
         v = (f"No run diverged ({len(df)} runs; at each multiplier the rate is below {rate_ci(0, n_hi).hi:.0%}, 95% upper "
-             "bound) and the peak loss rise does not separate the multipliers: a bounded null at this width, length "
-             "and momentum schedule, not a refutation of #1096.")
+             f"bound) and the peak loss rise does not separate the multipliers by more than {margin} nats: a bounded "
+             "null at this width, length and momentum schedule, not a refutation of #1096.")
     else:
         v = (f"Inconclusive: the intervals of x{hi:g} - x{lo:g} include 0, so these runs cannot say whether B's step "
              "multiplier drives the instability.")

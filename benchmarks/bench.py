@@ -159,18 +159,24 @@ def one_train(name: str, which: str, repeats: int, variant: str = "eager") -> di
 
 
 def one_eval(name: str, repeats: int) -> list[dict]:
+    """Plain, sliding and score-first TTT evaluation of the same 64 windows. TTT runs 4 chunks of 16
+    windows, one epoch; its floor is the work it must do: score every token once, then one forward and
+    backward over every token (`ttt_work_floor`, no optimizer); `ttt_vs_floor` is what the bookkeeping
+    around that work costs. Each timing after one untimed call (allocator and autograd warm)."""
     from recur_lib.data.bpb import build_byte_tables
     from recur_lib.device import setup
     from recur_lib.evaluate import eval_windows, ttt_score_first
     from recur_lib.data.tokenizer import load_tokenizer
-    cfg = Config.from_name(name, {"eval.ttt_chunk_tokens": 2048, "eval.ttt_epochs": 1})
+    import numpy as np
+    import torch
+    base = Config.from_name(name)
+    L = base.eval.seq_len
+    cfg = base.override({"eval.ttt_chunk_tokens": 16 * L, "eval.ttt_epochs": 1, "eval.stride": 0})
     rt = setup(cfg.run)
     model = build_model(cfg).eval()
     sp = load_tokenizer(ROOT / "data/default/tokenizer.model") if (ROOT / "data/default/tokenizer.model").exists() else None
     tables = build_byte_tables(sp, cfg.model.vocab_size) if sp else None
-    import numpy as np
-    L = cfg.eval.seq_len
-    toks = np.random.default_rng(0).integers(4, cfg.model.vocab_size, 16 * L + 1)
+    toks = np.random.default_rng(0).integers(4, cfg.model.vocab_size, 64 * L + 1)
     if tables is None:
         return []
     rows = []
@@ -178,13 +184,26 @@ def one_eval(name: str, repeats: int) -> list[dict]:
         med, spread = _time(lambda: eval_windows(model, toks, tables, L, stride, cfg.eval.batch_tokens, rt), repeats, 1)
         rows.append({"preset": name, "mode": mode, "seq_len": L, "stride": stride or L, "median_s": med,
                      "spread_s": spread, "tokens_per_s": (len(toks) - 1) / med})
-    med, spread = _time(lambda: ttt_score_first(model, toks, tables, cfg, rt), max(1, repeats // 2), 0)
-    rows.append({"preset": name, "mode": "ttt_score_first_1ep", "seq_len": L, "stride": L, "median_s": med,
-                 "spread_s": spread, "tokens_per_s": (len(toks) - 1) / med})
+    t = torch.from_numpy(toks)
+    per_batch = max(1, cfg.eval.batch_tokens // L)
+
+    def floor() -> None:
+        eval_windows(model, toks, tables, L, 0, cfg.eval.batch_tokens, rt)
+        for i in range(0, 64, per_batch):
+            rows_ = range(i, min(64, i + per_batch))
+            x = torch.stack([t[r * L:(r + 1) * L] for r in rows_])
+            y = torch.stack([t[r * L + 1:(r + 1) * L + 1] for r in rows_])
+            model(x, y).backward()
+        model.zero_grad(set_to_none=True)
+    for mode, fn in (("ttt_work_floor", floor), ("ttt_score_first_1ep", lambda: ttt_score_first(model, toks, tables, cfg, rt))):
+        med, spread = _time(fn, repeats, 1)
+        rows.append({"preset": name, "mode": mode, "seq_len": L, "stride": L, "median_s": med,
+                     "spread_s": spread, "tokens_per_s": (len(toks) - 1) / med})
     plain = rows[0]["median_s"]
     for r in rows:
         r["cost_vs_plain"] = r["median_s"] / plain
         r["theoretical_L_over_s"] = L / r["stride"]
+    rows[-1]["ttt_vs_floor"] = rows[-1]["median_s"] / rows[-2]["median_s"]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for r in rows:
         r["peak_rss_mb"] = rss

@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("submit", help="a Parameter Golf records folder: self-contained train_gpt.py, submission.json, "
                         "README, logs", formatter_class=argparse.RawDescriptionHelpFormatter, epilog="""examples:
-  recur submit --preset smoke --out submissions/smoke --strip --overwrite   # no runs: model bytes estimated
+  recur submit --preset smoke --out submissions/smoke-stripped --strip   # no runs: model bytes estimated
   recur submit --preset seed-927 --runs <RUN_DIR> ... --out submissions/927 --strip  # from its evaluated runs""")
     add_config_args(sm)
     sm.add_argument("--runs", nargs="+", help="evaluated run folders of this config (one per seed)")

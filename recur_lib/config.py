@@ -169,6 +169,12 @@ class TrainConfig(_Group):
     diverge_patience: int = _f(50, "consecutive bad steps (by diverge_rel_nats or diverge_loss) before the run counts "
                                "as diverged; capped at iterations/5 (at least 5) so a short run can diverge",
                                1, None)
+    loop_sampling: Literal["fixed", "uniform", "poisson_lognormal"] = _f(
+        "fixed", "loop count of each training step: fixed = schedule.n_loops; uniform on 1..loop_sampling_max; "
+        "poisson_lognormal: Huginn's (Geiping et al. 2025), Poisson with a log-normal rate of mean "
+        "schedule.n_loops (sigma 0.5), clipped to 1..loop_sampling_max. Drawn from (run.seed, step), so every "
+        "rank and a resumed run draw the same counts")
+    loop_sampling_max: int = _f(0, "largest sampled loop count (0 = 2 x schedule.n_loops)", 0, 1024)
     eval_weights: Literal["auto", "raw", "ema", "swa"] = _f(
         "auto", "weights for final eval/export: auto = SWA if it has snapshots, else EMA if on, else raw")
 
@@ -427,6 +433,14 @@ class Config:
                  f"[0, {s.n_layers - 1}] (schedule.n_layers = {s.n_layers})")
             need(len(set(s.repeat_layers)) == len(s.repeat_layers),
                  f"schedule.repeat_layers = {list(s.repeat_layers)} repeats an index")
+        if t.loop_sampling != "fixed":
+            need(has_core, f"train.loop_sampling = {t.loop_sampling!r} needs a schedule with a looped core "
+                 f"(schedule.kind = {s.kind!r} has none)")
+            per_loop = [k for k, on in (("model.loop_lora_rank", m.loop_lora_rank), ("model.use_loop_scales",
+                        m.use_loop_scales), ("model.use_step_scales", m.use_step_scales),
+                        ("model.use_loop_embedding", m.use_loop_embedding)) if on]
+            need(not per_loop, f"train.loop_sampling = {t.loop_sampling!r} needs a model without per-loop "
+                 f"parameters (a step with fewer loops leaves them without gradient): turn off {per_loop}")
         need(t.batch_tokens % t.seq_len == 0,
              f"train.batch_tokens = {t.batch_tokens} must be a multiple of train.seq_len = {t.seq_len}")
         need(e.stride <= e.seq_len, f"eval.stride = {e.stride} must be <= eval.seq_len = {e.seq_len}")

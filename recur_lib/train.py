@@ -156,6 +156,23 @@ def qat_on(step: int, lr_multiplier: float, cfg: Config) -> bool:
     return step >= cfg.phases()["qat_start_step"] or lr_multiplier < q.qat_below_lr_scale
 
 
+def sampled_loops(step: int, cfg: Config) -> int | None:
+    """The loop count of training step `step` under train.loop_sampling (None: the schedule's own).
+    Huginn (Geiping et al. 2025, arXiv:2502.05171) trains with r ~ Poisson(tau), tau ~ LogNormal(log(r_mean) -
+    sigma^2 / 2, sigma), so that the model sees many depths and can be run deeper at test time. The draw
+    depends only on (run.seed, step): ranks agree and a resume continues the same sequence."""
+    t = cfg.train
+    if t.loop_sampling == "fixed":
+        return None
+    top = t.loop_sampling_max or 2 * cfg.schedule.n_loops
+    rng = np.random.default_rng([cfg.run.seed, step, 0x100B])
+    if t.loop_sampling == "uniform":
+        return int(rng.integers(1, top + 1))
+    sigma = 0.5
+    tau = rng.lognormal(math.log(cfg.schedule.n_loops) - sigma ** 2 / 2, sigma)
+    return int(min(top, max(1, rng.poisson(tau))))
+
+
 def lora_lr_scale(step: int, cfg: Config) -> float:
     """The LoRA factors' extra LR multiplier: a linear warmup (#1096's v7 survived with one)."""
     warmup = cfg.phases()["lora_warmup_steps"]
@@ -489,12 +506,14 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     log_step = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.iterations
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=rt.device)
+    loops = sampled_loops(state.step, cfg)
+    extra = {} if loops is None else {"n_loops": loops}
     for micro in range(t.grad_accum_steps):
         x, y = job.loader.next_batch(t.batch_tokens, t.seq_len, t.grad_accum_steps)
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         sync = nullcontext() if (micro == t.grad_accum_steps - 1 or not rt.distributed) else job.ddp.no_sync()
         with sync, device.autocast(rt):
-            loss = job.forward(x, y) / t.grad_accum_steps
+            loss = job.forward(x, y, **extra) / t.grad_accum_steps
         loss.backward()
         loss_sum += loss.detach()
     train_loss = device.all_reduce_sum(loss_sum, rt).item() / rt.world_size
@@ -509,7 +528,7 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     state.elapsed += time.perf_counter() - t0
     state.step += 1
     rec: dict[str, Any] = {"step": state.step, "time": round(state.elapsed, 4), "tokens": state.step * t.batch_tokens,
-                           "train_loss": train_loss, "lr_scale": scale}
+                           "train_loss": train_loss, "lr_scale": scale, **({} if loops is None else {"loops": loops})}
     if before is not None:
         rec["update_rms"] = {g: _rms_change(before[g], [p for _, p in opt.groups[g]]) for g in opt.groups}
         norms = lora_norms(model)

@@ -235,6 +235,75 @@ def test_quant_loop_verdict_reads_the_probe() -> None:
     assert quant_loop_verdict(quant_loop_df({1: [0.001]}), 4).startswith("Need int4 gaps")
 
 
+def test_loop_budget_arms_spend_each_budget() -> None:
+    from recur_lib.lab.ablations import hybrid, loop_budget_arms
+    from recur_lib.model.flops import measured_flops
+    base = Config.from_name("quick")
+    arms = loop_budget_arms([1, 2, 4], base, [1_000_000, 4_000_000])
+    comp = [a for a in arms.values() if a.labels["mode"] == "compute"]
+    assert len(comp) == 6 and {a.labels["budget"] for a in comp} == {1_000_000, 4_000_000}
+    for a in comp:  # every compute arm spends its budget (to within one step)
+        per_step = measured_flops(base.override(a.overrides)) * base.train.batch_tokens
+        l1 = measured_flops(base.override(hybrid(2, 1))) * a.labels["budget"]
+        assert abs(a.labels["flops"] - l1) <= per_step
+    assert {a.labels["mode"] for a in arms.values()} == {"compute", "params", "flat", "sampled"}
+    s = base.override(arms["sampled-L3"].overrides)
+    assert s.train.loop_sampling == "poisson_lognormal" and s.schedule.n_loops == 3
+    assert base.override(arms["flat-10"].overrides).effective_layers == 10
+
+
+def budget_df(gain_l1: float, gain_loop: dict[int, float], seeds: int = 3) -> pd.DataFrame:
+    """L1 at two budgets (1 and 4 units of FLOPs) and params arms at budget 1 costing L units each."""
+    rows = []
+    for s in range(seeds):
+        e = 0.002 * (s - 1)
+        rows += [{"mode": "compute", "loops": 1, "budget": 1, "flops": 1.0, "seed": s, "final_val_bpb": 3.0 + e},
+                 {"mode": "compute", "loops": 1, "budget": 4, "flops": 4.0, "seed": s, "final_val_bpb": 3.0 - gain_l1 + e}]
+        bpb = 3.0
+        for L in sorted(gain_loop):
+            bpb -= gain_loop[L]
+            rows.append({"mode": "params", "loops": L, "budget": 1, "flops": float(L), "seed": s,
+                         "final_val_bpb": bpb + e + 0.0001 * s * L})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gain_l1, gains, expect", [
+    (0.3, {2: 0.2, 3: 0.001, 4: 0.0005}, "stop paying after 2"),     # L2->3 tiny and L1 steps buy 0.1/FLOP
+    (0.0003, {2: 0.2, 3: 0.001, 4: 0.0005}, "Inconclusive"),          # more L1 steps buy even less
+    (0.3, {2: 0.2, 3: 0.1, 4: 0.08}, "Inconclusive"),                 # every loop still gains > margin
+])
+def test_loop_stop_verdict_every_branch(gain_l1: float, gains: dict, expect: str) -> None:
+    from recur_lib.lab.ablations import loop_stop_verdict
+    text = loop_stop_verdict(budget_df(gain_l1, gains))
+    assert expect in text, text
+    assert "Need the L1 arm" in loop_stop_verdict(budget_df(0.3, gains)[lambda d: d["budget"] == 1])
+
+
+def length_df(gaps: dict[str, dict[int, float]], seeds: int = 1, width: float = 0.001) -> pd.DataFrame:
+    rows = []
+    for arch, per in gaps.items():
+        for n, g in per.items():
+            for s in range(seeds):
+                v = g + 0.0002 * s
+                rows.append({"arch": arch, "length": n, "bits": 4, "seed": s, "quant_gap": v,
+                             "quant_gap_lo": v - width, "quant_gap_hi": v + width})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gaps, seeds, expect", [
+    ({"shared": {250: 0.01, 4000: 0.03}, "hybrid": {250: 0.01, 4000: 0.02}}, 1, "grows with training length in every arm"),
+    ({"shared": {250: 0.01, 4000: 0.03}, "hybrid": {250: 0.01, 4000: 0.0105}}, 1, "in shared only"),
+    ({"shared": {250: 0.03, 4000: 0.01}, "hybrid": {250: 0.03, 4000: 0.01}}, 3, "shrinks"),
+    ({"shared": {250: 0.01, 4000: 0.0101}, "hybrid": {250: 0.01, 4000: 0.0101}}, 1, "Inconclusive"),
+])
+def test_quant_length_verdict_every_branch(gaps: dict, seeds: int, expect: str) -> None:
+    from recur_lib.lab.ablations import quant_length_arms, quant_length_verdict
+    text = quant_length_verdict(length_df(gaps, seeds), bits=4)
+    assert expect in text, text
+    assert ("paired by seed" in text) == (seeds > 1)
+    arms = quant_length_arms(3, [250, 1000])
+    assert sorted(arms) == ["hybrid-L3-1000steps", "hybrid-L3-250steps", "shared-L3-1000steps", "shared-L3-250steps"]
+    assert arms["hybrid-L3-250steps"].overrides["train.iterations"] == 250
 def test_relative_instability_cancels_a_spike_every_arm_sees(tmp_path: Path) -> None:
     """Three runs on the same batches: a data spike at step 5 in all three, an extra one at step 8 in
     run c only. The own-minimum peak sees the common spike everywhere; the clean one only c's."""

@@ -27,11 +27,12 @@ def test_source_notebooks_have_no_outputs_and_a_parameters_cell() -> None:
 def test_parameters_go_where_declared_and_typos_fail_before_running() -> None:
     cpu = notebook_parameters("cpu", NOTEBOOKS)
     assert cpu["00_quickstart"] == {}  # declares neither seeds nor loops
-    assert cpu["20_quant_gap_hybrid"] == {"seeds": [0, 1, 2], "parallel": 2}  # its `loops` is not the loop sweep's
-    assert cpu["30_loop_scaling"]["loops"] == [1, 2, 4, 8]
+    assert cpu["20_quant_gap_hybrid"]["loops"] == [1, 2, 3, 4, 6] and cpu["20_quant_gap_hybrid"]["parallel"] == 2
+    assert cpu["30_loop_scaling"]["loops"] == [1, 2, 3, 4, 6] and cpu["30_loop_scaling"]["design"] == "budgets"
+    assert cpu["10_lora_rank_divergence"]["seeds"] == [0]  # a notebook's own default beats the preset's "*"
     p = notebook_parameters("cpu", NOTEBOOKS, {"seeds": [5], "30_loop_scaling:loops": [2]})
     assert p["10_lora_rank_divergence"]["seeds"] == [5] and p["30_loop_scaling"]["loops"] == [2]
-    assert p["20_quant_gap_hybrid"] == {"seeds": [5], "parallel": 2}
+    assert p["20_quant_gap_hybrid"]["seeds"] == [5] and p["20_quant_gap_hybrid"]["parallel"] == 2
     for bad, says in (({"seedz": [1]}, "not declared by any notebook"), ({"00_quickstart:loops": [1]}, "not declared by 00"),
                       ({"99_x:loops": [1]}, "no notebook '99_x'")):
         with pytest.raises(ValueError, match=says):
@@ -146,3 +147,38 @@ def test_published_results_name_no_machines_folders() -> None:
     absolute = re.compile(r'(^|[",\s])/[\w./+-]*/(runs|results|notebooks)/')
     bad = [f for f in tracked if f.endswith((".csv", ".json", ".ipynb")) and absolute.search((ROOT / f).read_text())]
     assert not bad, bad
+
+
+def test_the_loop_budget_design_runs_and_decides(tiny_data: Path, tmp_path: Path) -> None:
+    report = run_workbook("smoke", ("30_loop_scaling",), str(tmp_path), {
+        "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB}, "design": "budgets",
+        "loops": [1, 2], "budgets": [1024, 2048], "sampled_loops": 2, "eval_loops_max": 3, "seeds": [0], "flat_control": True,
+        "runs_dir": str(tmp_path / "runs"), "parallel": 2}, html=False)
+    assert report[0]["status"] == "ok", report[0]["error"]
+    t = pd.read_csv(tmp_path / "smoke" / "30_loop_scaling.csv")
+    assert set(t["mode"]) == {"compute", "params", "flat", "sampled"} and finite(t["final_val_bpb"])
+    comp = t[t["mode"] == "compute"]
+    assert sorted(comp[comp["loops"] == 1]["steps"]) == [2, 4]  # the budgets over 512-token steps
+    d = pd.read_csv(tmp_path / "smoke" / "30_loop_scaling_depth.csv")
+    assert sorted(d["eval_loops"].unique()) == [1, 2, 3] and set(d["loop_sampling"]) == {"fixed", "poisson_lognormal"}
+    nb = json.loads((tmp_path / "smoke" / "30_loop_scaling.ipynb").read_text())
+    printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "- L1 from 1,024 to 2,048 tokens" in printed
+
+
+def test_the_quant_loops_design_with_lengths_and_a_second_seed(tiny_data: Path, tmp_path: Path) -> None:
+    """The published cpu design at smoke size: gap against loop count, a second seed at one L, and the
+    gap against training length."""
+    report = run_workbook("smoke", ("20_quant_gap_hybrid",), str(tmp_path), {
+        "overrides": {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB}, "design": "loops",
+        "loops": [1, 2], "extra_seed_loops": [2], "length_loops": 1, "lengths": [2, 4], "seeds": [0],
+        "bits": [8, 4], "probe_bits": [4], "probe_schemes": ["baseline"],
+        "runs_dir": str(tmp_path / "runs"), "parallel": 2}, html=False)
+    assert report[0]["status"] == "ok", report[0]["error"]
+    t = pd.read_csv(tmp_path / "smoke" / "20_quant_gap_hybrid.csv")
+    lengths = t[t["length"].notna()]
+    assert sorted(lengths["length"].unique()) == [2, 4] and set(lengths["arch"]) == {"shared", "hybrid"}
+    assert sorted(t[(t["loops"] == 2) & t["length"].isna()]["seed"].unique()) == [0, 1]
+    nb = json.loads((tmp_path / "smoke" / "20_quant_gap_hybrid.ipynb").read_text())
+    printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
+    assert "- shared: int4 gap 2 steps" in printed and "gap per application, L = 2 minus L = 1" in printed

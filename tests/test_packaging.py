@@ -44,7 +44,7 @@ def test_ci_and_ignores() -> None:
     ci = ROOT / ".ci" / "run"
     assert os.access(ci, os.X_OK) and "set -euo pipefail" in ci.read_text() and "make test" in ci.read_text()
     ignored = (ROOT / ".gitignore").read_text().split()
-    assert {"/data/", "/runs/", ".venv/"} <= set(ignored)
+    assert {"/data/", "/runs/", ".venv"} <= set(ignored)
     # anchored at the root: an unanchored "data/" would also ignore the package recur_lib/data/
     assert "data/" not in ignored and "runs/" not in ignored
     assert "make test" in (ROOT / "README.md").read_text() and "make workbook" in (ROOT / "README.md").read_text()

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from recur_lib import Config, build_model
+import numpy as np
+
+from recur_lib import Config, ConfigError, build_model
 from recur_lib.data.loader import DistributedTokenLoader
 from recur_lib.data.shards import ShardError
 from recur_lib.data.tokenizer import TokenizerError
@@ -642,3 +644,33 @@ def test_weight_averager_equals_torch_swa_utils_primed_at_init() -> None:
     for avg, mine in ((ema, ours.ema), (swa, ours.swa)):
         assert all(torch.equal(mine[n], p) for n, p in avg.module.named_parameters())
     assert not all(torch.equal(ours.ema[n], p) for n, p in unprimed.module.named_parameters())
+
+
+def test_sampled_loops_are_huginns_draw_fixed_by_seed_and_step() -> None:
+    from recur_lib.train import sampled_loops
+    cfg = Config.from_name("smoke", {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_coda": 0,
+                                     "schedule.n_core": 2, "schedule.n_loops": 3})
+    assert sampled_loops(5, cfg) is None  # fixed: the schedule's own count, the forward unchanged
+    hug = cfg.override({"train.loop_sampling": "poisson_lognormal", "train.loop_sampling_max": 64})
+    draws = [sampled_loops(i, hug) for i in range(4000)]
+    assert draws == [sampled_loops(i, hug) for i in range(4000)] and min(draws) >= 1 and max(draws) <= 64
+    assert abs(np.mean(draws) - 3) < 0.15  # E[Poisson(tau)] = E[tau] = 3 (clipping at 1 adds ~P(0) x 1)
+    assert draws != [sampled_loops(i, hug.override({"run.seed": 2})) for i in range(4000)]
+    uni = cfg.override({"train.loop_sampling": "uniform"})
+    assert set(sampled_loops(i, uni) for i in range(500)) == set(range(1, 7))  # 1 .. 2 x n_loops
+    with pytest.raises(ConfigError, match="without per-loop parameters"):
+        uni.override({"model.loop_lora_rank": 1})
+    with pytest.raises(ConfigError, match="looped core"):
+        Config.from_name("smoke", {"schedule.kind": "flat", "train.loop_sampling": "uniform"})
+
+
+def test_a_run_with_sampled_loops_trains_at_the_drawn_counts(tiny_data: Path, tmp_path: Path) -> None:
+    over = {"schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_coda": 0, "schedule.n_core": 2,
+            "schedule.n_loops": 2, "train.loop_sampling": "uniform", "train.loop_sampling_max": 4}
+    r = train(cfg_for(tiny_data, tmp_path, "hug", iterations=12, **over))
+    recs = [json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+    from recur_lib.train import sampled_loops
+    got = [(x["step"], x["loops"]) for x in recs if "loops" in x]
+    assert got == [(s, sampled_loops(s - 1, Config.load(r.run_dir / "config.json")))
+                   for s, _ in got] and len({k for _, k in got}) > 1
+    assert r.status == "finished"

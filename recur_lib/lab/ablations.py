@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..config import Config
 from .runs import Arm
-from .stats import decide, mean_ci, paired_diff, rate_ci, rate_diff_ci
+from .stats import Estimate, decide, mean_ci, paired_diff, rate_ci, rate_diff_ci
 
 LORA_ARMS = ("rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none", "rank8-muon-moonlight", "rank8-adamw")
 
@@ -167,6 +167,59 @@ def quant_loop_arms(loops: list[int] = (1, 2, 3, 4, 6), param_matched: bool = Tr
     return {a.name: a for a in arms}
 
 
+def quant_length_arms(loops: int, lengths: list[int], embed_bits: int = 16) -> dict[str, Arm]:
+    """The gap against training length: the fully shared 4 x L model and the matched-reuse hybrid
+    1 + 4 x L + 1, each trained for every step count in `lengths`. Separate runs rather than snapshots of
+    the longest: warmdown, warmup and averaging are fractions of a run, so each length is a finished model
+    (snapshots mid-run would carry the high-lr weights' gap). Labels: arch, loops, qat, reuse, length."""
+    arms = []
+    for n in lengths:
+        for arch, shape in (("shared", looped(4, loops)), ("hybrid", hybrid(4, loops))):
+            arms.append(Arm(f"{arch}-L{loops}-{n}steps", {**shape, "train.iterations": n, "quant.embed_bits": embed_bits,
+                                                          "quant.qat_bits": 0},
+                            {"arch": arch, "loops": loops, "qat": "off", "reuse": loops, "length": n}))
+    return {a.name: a for a in arms}
+
+
+def quant_length_verdict(df: pd.DataFrame, bits: int) -> str:
+    """Does the gap grow with training length (`quant_length_arms`)? Per arch, the gap at the longest
+    minus the shortest length: paired by seed with a t interval when there are two or more seeds, else
+    from the two runs' window-bootstrap intervals (normal approximation, independent runs): that
+    interval sees the eval text's sampling, not the seed's."""
+    sub = df[df["bits"] == bits]
+    if sub.empty or sub["length"].nunique() < 2:
+        return "Need two or more training lengths."
+    short, long = sub["length"].min(), sub["length"].max()
+    lines, decisions = [], {}
+    for arch, g in sub.groupby("arch"):
+        per = g.groupby("length")["quant_gap"].mean()
+        lines.append(f"- {arch}: int{bits} gap " + ", ".join(f"{int(n):,} steps {v:+.4f}" for n, v in per.items()))
+        if g["seed"].nunique() >= 2:
+            d = paired_diff(g, "quant_gap", by="length", a=long, b=short)
+            how = "paired by seed"
+        elif {"quant_gap_lo", "quant_gap_hi"} <= set(g.columns):
+            a, b = g[g["length"] == long].iloc[0], g[g["length"] == short].iloc[0]
+            se = math.hypot(a["quant_gap_hi"] - a["quant_gap_lo"], b["quant_gap_hi"] - b["quant_gap_lo"]) / (2 * 1.96)
+            diff = a["quant_gap"] - b["quant_gap"]
+            d = Estimate(diff, diff - 1.96 * se, diff + 1.96 * se, 1, 0.95, "quant_gap: long - short")
+            how = "one seed: window-bootstrap intervals"
+        else:
+            d = mean_ci([])
+            how = "no interval"
+        decisions[arch] = decide(d)
+        lines.append(f"  {int(long):,} - {int(short):,} steps: {d} bpb ({how})")
+    grows = [a for a, v in decisions.items() if v == "higher"]
+    if len(grows) == len(decisions):
+        v = f"The int{bits} gap grows with training length in every arm: longer-trained weights quantize worse"
+    elif grows:
+        v = f"The int{bits} gap grows with training length in {', '.join(grows)} only"
+    elif all(v == "lower" for v in decisions.values()):
+        v = f"The int{bits} gap shrinks with training length in every arm"
+    else:
+        v = f"Inconclusive: the change of the int{bits} gap with training length is not resolved in every arm"
+    return "\n".join(lines + ["", v + f" ({int(short):,} to {int(long):,} steps)."])
+
+
 def loop_arms(loops: list[int], base: Config, fixed_compute: bool, flat_control: bool = False) -> dict[str, Arm]:
     """Hybrid 1 + 2 x L + 1 (4 unique blocks) for each L at fixed parameters; optionally at fixed compute
     (iterations scaled so that iterations x training FLOPs per token, head and attention included,
@@ -190,6 +243,92 @@ def loop_arms(loops: list[int], base: Config, fixed_compute: bool, flat_control:
     return {a.name: a for a in arms}
 
 
+def loop_budget_arms(loops: list[int], base: Config, budgets: list[int], flat_control: bool = True,
+                     sampled_loops: int = 3) -> dict[str, Arm]:
+    """The loop question at two or more compute budgets, each in L1-token-equivalents (the tokens a
+    1 + 2 x 1 + 1 hybrid trains on for that many FLOPs, LM head and attention counted by
+    `model.flops.measured_flops`). Per L and budget, the hybrid 1 + 2 x L + 1 (4 unique blocks) gets the
+    steps that spend the budget ("compute"); at the smallest budget each L also trains on the L1 token
+    count ("params": more FLOPs for more loops, what a loop's gain per FLOP is measured on); flat models
+    of depth 2 + 2L with unique blocks at that token count separate depth from sharing; and at
+    `sampled_loops`, a model trained with Huginn's random loop count per step (mean `sampled_loops`, up to
+    twice that) beside the fixed-count one, for depth extrapolation. Warmup, warmdown and momentum
+    warmup are fractions of the run in the presets, so every arm's schedule scales with its steps.
+    Labels: mode (compute | params | flat | sampled), loops, budget (L1 tokens), flops (training FLOPs)."""
+    from ..model.flops import measured_flops
+    per_step = base.train.batch_tokens
+    ref = measured_flops(base.override(hybrid(2, 1)))
+    arms = []
+
+    def arm(name: str, over: dict, mode: str, L: int, budget: int) -> None:
+        cfg = base.override(over)
+        flops = measured_flops(cfg) * cfg.train.iterations * per_step
+        arms.append(Arm(name, over, {"mode": mode, "loops": L, "budget": budget, "flops": flops}))
+
+    small = min(budgets)
+    for b in budgets:
+        for L in loops:
+            iters = max(1, round(b / per_step * ref / measured_flops(base.override(hybrid(2, L)))))
+            arm(f"compute-{b // 1000}k-L{L}", {**hybrid(2, L), "train.iterations": iters}, "compute", L, b)
+    for L in loops:
+        if L != 1:
+            arm(f"params-L{L}", {**hybrid(2, L), "train.iterations": max(1, round(small / per_step))}, "params", L, small)
+        if flat_control and L > 1:
+            arm(f"flat-{2 + 2 * L}", {"schedule.kind": "flat", "schedule.n_layers": 2 + 2 * L,
+                                       "train.iterations": max(1, round(small / per_step))}, "flat", L, small)
+    if sampled_loops:
+        arm(f"sampled-L{sampled_loops}", {**hybrid(2, sampled_loops), "train.iterations": max(1, round(small / per_step)),
+                                          "train.loop_sampling": "poisson_lognormal",
+                                          "train.loop_sampling_max": 2 * sampled_loops}, "sampled", sampled_loops, small)
+    return {a.name: a for a in arms}
+
+
+def loop_stop_verdict(df: pd.DataFrame, metric: str = "final_val_bpb", margin: float = 0.005) -> str:
+    """Where loops stop paying (`loop_budget_arms`): the smallest L whose gain to the next loop count at
+    the same tokens (paired by seed, t interval) has its upper bound below `margin` bpb AND whose gain per
+    extra FLOP is below what the same FLOPs buy as more L1 steps (L1's gain between the two budgets per
+    FLOP, paired by seed). Also, per budget, the compute-matched bpb at each L."""
+    comp = df[df["mode"] == "compute"]
+    lines = []
+    for b, g in comp.groupby("budget"):
+        est = g.groupby("loops")[metric].apply(lambda v: mean_ci(v.tolist()))
+        lines.append(f"- budget {int(b):,} L1 tokens, compute matched: " + ", ".join(
+            f"L{int(L)} {e.mean:.4f}" + ("" if math.isnan(e.lo) else f" [{e.lo:.4f}, {e.hi:.4f}]") for L, e in est.items()))
+    budgets = sorted(comp["budget"].unique())
+    l1 = comp[comp["loops"] == 1]
+    slope = None
+    if len(budgets) >= 2:
+        lo_b, hi_b = budgets[0], budgets[-1]
+        gain = paired_diff(l1, metric, by="budget", a=lo_b, b=hi_b)
+        fl = l1.groupby("budget")["flops"].mean()
+        slope = gain.mean / (fl[hi_b] - fl[lo_b])
+        lines.append(f"- L1 from {int(lo_b):,} to {int(hi_b):,} tokens: gain {gain} bpb, "
+                     f"{slope:.3g} bpb per FLOP")
+    small = min(budgets) if budgets else None
+    same_tokens = pd.concat([comp[(comp["loops"] == 1) & (comp["budget"] == small)], df[df["mode"] == "params"]])
+    loops = sorted(same_tokens["loops"].unique())
+    fl = same_tokens.groupby("loops")["flops"].mean()
+    stop = None
+    for a, b in zip(loops, loops[1:]):
+        g = paired_diff(same_tokens, metric, by="loops", a=a, b=b)
+        per_flop = g.mean / (fl[b] - fl[a])
+        lines.append(f"- same tokens, gain L{int(a)} -> L{int(b)}: {g} bpb, {per_flop:.3g} bpb per extra FLOP")
+        small_gain = not math.isnan(g.hi) and g.hi < margin
+        cheaper = slope is not None and per_flop < slope
+        if stop is None and small_gain and cheaper:
+            stop = (a, b, g)
+    if stop is not None:
+        a, b, g = stop
+        v = (f"Loops stop paying after {int(a)}: the gain to {int(b)} loops ({g} bpb) has its upper bound below "
+             f"{margin} bpb, and per FLOP it buys less than more L1 steps do.")
+    elif slope is None:
+        v = "Need the L1 arm at two budgets to price a loop against more steps."
+    else:
+        v = (f"Inconclusive: no loop count's gain to the next is both resolved below {margin} bpb and cheaper per "
+             "FLOP than more L1 steps; these runs do not locate where loops stop paying.")
+    return "\n".join(lines + ["", v])
+
+
 # -- extra evaluations of finished runs (run by runs.evaluate_variants) ------------------------------------
 
 
@@ -205,6 +344,16 @@ def depth_variants(extra: list[int]) -> Callable[[Config], list[Arm]]:
         L = cfg.schedule.n_loops
         return [Arm(f"eval-loops{L + k}", {"eval.eval_loops": L + k}, {"trained_loops": L, "extra_loops": k})
                 for k in [0, *extra]]
+    return variants
+
+
+def loop_count_variants(counts: list[int]) -> Callable[[Config], list[Arm]]:
+    """Evaluate each run at each loop count in `counts` (depth extrapolation on an absolute scale);
+    labels: trained_loops, eval_loops, loop_sampling."""
+    def variants(cfg: Config) -> list[Arm]:
+        return [Arm(f"eval-loops{k}", {"eval.eval_loops": k}, {"trained_loops": cfg.schedule.n_loops, "eval_loops": k,
+                                                                 "loop_sampling": cfg.train.loop_sampling})
+                for k in counts]
     return variants
 
 

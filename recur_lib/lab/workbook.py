@@ -29,7 +29,8 @@ from ..paths import PROJECT_ROOT, atomic_write, project_relative, resolve
 NOTEBOOKS = ("00_quickstart", "10_lora_rank_divergence", "20_quant_gap_hybrid", "30_loop_scaling")
 
 # What a preset's workbook passes to the notebooks unless the caller says otherwise ("*": every notebook
-# declaring the name). The published cpu results: 3 seeds, two one-thread runs at a time, loops 1, 2, 4, 8.
+# declaring the name). cpu: two one-thread runs at a time, and per notebook the design that answers its
+# question at a scale 2 cores afford.
 PRESET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {"*": {"seeds": [0, 1, 2], "parallel": 2},
             # #1096's regime: its 1,500 steps with the momentum warmup ending at step 1,000; batches of 2,048
@@ -37,7 +38,15 @@ PRESET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
             "10_lora_rank_divergence": {"design": "regime", "iterations": 1500, "seeds": [0], "boundary_seeds": [1],
                                         "boundary_arms": 4,
                                         "overrides": {"train.batch_tokens": 2048, "train.val_every": 500}},
-            "30_loop_scaling": {"loops": [1, 2, 4, 8]}},
+            # Quantization through loops at 1,000 steps (4 x the quick length), a second data-order seed at L = 3
+            # and 6, and the gap against training length at L = 3.
+            "20_quant_gap_hybrid": {"design": "loops", "loops": [1, 2, 3, 4, 6], "iterations": 1000, "seeds": [0],
+                                    "extra_seed_loops": [3, 6], "length_loops": 3, "lengths": [250, 1000, 4000],
+                                    "bits": [8, 6, 4], "probe_bits": [8, 4]},
+            # Compute-matched loops at 1M and 4M L1-token-equivalents, 2 data-order seeds.
+            "30_loop_scaling": {"design": "budgets", "loops": [1, 2, 3, 4, 6], "seeds": [0, 1],
+                                "budgets": [1_000_000, 4_000_000], "flat_control": True, "sampled_loops": 3,
+                                "eval_loops_max": 8}},
 }
 
 

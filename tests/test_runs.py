@@ -55,6 +55,27 @@ def test_unfinished_run_resumes(tiny_data: Path, tmp_path: Path) -> None:
     assert "resumed from step 3" in (run_dir / "train.log").read_text()
 
 
+def test_resume_message_names_the_checkpoint_step_not_the_logged_one(tiny_data: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    cfg = base(tiny_data, **{"train.iterations": 6})
+    run_dir = tmp_path / f"t-{run_id(cfg.override({'run.nproc': 1}))}"
+    train(cfg.override({"run.out_dir": str(tmp_path), "run.name": run_dir.name}), run_dir, stop_at_step=3)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "steps": 5}))  # steps logged after the checkpoint
+    launch(cfg, tmp_path, quiet=True, evaluate=False)
+    assert "resuming from step 3 in" in capsys.readouterr().out
+
+
+def test_an_arm_with_the_same_content_under_another_name_reuses_the_finished_run(tiny_data: Path,
+                                                                                 tmp_path: Path) -> None:
+    first = launch(base(tiny_data), tmp_path, quiet=True, evaluate=False)
+    twin = launch(base(tiny_data, **{"run.name": "t-1000steps"}), tmp_path, quiet=True, evaluate=False)
+    assert twin.reused and twin.run_dir == first.run_dir
+    assert not list(tmp_path.glob("t-1000steps-*"))
+    other = launch(base(tiny_data, **{"run.name": "u", "run.seed": 1}), tmp_path, quiet=True, evaluate=False)
+    assert not other.reused and other.run_dir.name.startswith("u-")
+
+
 def test_sweep_records_crashing_diverging_and_invalid_arms(tiny_data: Path, tmp_path: Path) -> None:
     hot = {"optim.matrix_lr": 5.0, "optim.scalar_lr": 5.0, "optim.tied_embed_lr": 5.0,
            "train.diverge_loss": 10.0, "train.diverge_patience": 1, "train.iterations": 10}

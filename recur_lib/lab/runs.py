@@ -228,6 +228,28 @@ def _outcome(rec: RunRecord, seconds: float | None) -> str:
     return text + (" (reused)" if rec.reused else f" in {seconds:.0f} s" if seconds is not None else "")
 
 
+def _finished_twin(base: Path, rid: str) -> Path | None:
+    """A finished run of the same content address under another name (names are not part of run_id): two
+    arms that differ only in their labels, e.g. a length arm at the loop grid's own length, train once."""
+    for d in sorted(base.glob(f"*-{rid}")):
+        if (read_summary(d) or {}).get("status") in FINAL_STATUSES:
+            return d
+    return None
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint holds (memory-mapped: only the small entry is read), or None. The summary's
+    step count can be ahead of it: a run logs steps after its last checkpoint."""
+    if not path.exists():
+        return None
+    try:
+        import torch
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+        return int(step) if isinstance(step, int) else None
+    except Exception:  # unreadable here: training reports it when it loads the checkpoint
+        return None
+
+
 def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = None, evaluate: bool = True,
            force: bool = False, quiet: bool = False, threads: int | None = None, label: str | None = None) -> RunRecord:
     """Train (and evaluate) one config as a subprocess; reuse a finished run, resume an unfinished one.
@@ -244,6 +266,8 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     rid = run_id(cfg)
     base = resolve(runs_dir)
     run_dir = base / f"{cfg.run.name}-{rid}"
+    if not force and not run_dir.exists():
+        run_dir = _finished_twin(base, rid) or run_dir
     cfg = cfg.override({"run.out_dir": str(base), "run.name": run_dir.name})
     summary = read_summary(run_dir) or {}
     reused = summary.get("status") in FINAL_STATUSES and not force
@@ -251,7 +275,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
     started = None
     if not reused:
         started = time.monotonic()
-        done = summary.get("steps")
+        done = _checkpoint_step(run_dir / "ckpt.pt")
         how = ("resuming" + (f" from step {done}" if done else "")) if (run_dir / "ckpt.pt").exists() and not force \
             else "training"
         print(f"[{label}] {how} in {project_relative(run_dir)}", flush=True)

@@ -326,3 +326,55 @@ def test_lora_regime_verdict_reads_the_named_instability_column() -> None:
     df = regime_df({}, {1.0: 0.1, 2.828: 0.4, 9.8: 0.9}).rename(columns={"loss_peak_excess": "clean_peak_excess"})
     text = lora_regime_verdict(df, peak="clean_peak_excess")
     assert "peak loss rise without the common data spikes, x9.8 - x1" in text and "holds here" in text
+
+
+def flat_df(diffs: dict[int, float], seeds: int = 3) -> pd.DataFrame:
+    """Looped "params" arms and flat controls per L; flat = looped + diffs[L] (+ a small seed effect)."""
+    rows = []
+    for s in range(seeds):
+        for L, d in diffs.items():
+            base = 3.0 - 0.01 * L + 0.002 * s
+            rows += [{"mode": "params", "loops": L, "seed": s, "final_val_bpb": base},
+                     {"mode": "flat", "loops": L, "seed": s, "final_val_bpb": base + d + 0.0003 * s * (s - 1)}]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("diffs, expect", [
+    ({2: -0.05, 4: -0.04}, "Sharing costs bpb at every depth"),
+    ({2: 0.05, 4: 0.04}, "looped model beats the flat one"),
+    ({2: -0.05, 4: 0.0}, "Mixed"),
+    ({2: 0.0, 4: 0.0001}, "Inconclusive"),
+])
+def test_flat_control_verdict_every_branch(diffs: dict, expect: str) -> None:
+    from recur_lib.lab.ablations import flat_control_verdict
+    text = flat_control_verdict(flat_df(diffs))
+    assert expect in text, text
+    assert "Need the flat controls" in flat_control_verdict(flat_df(diffs)[lambda d: d["mode"] == "params"])
+
+
+def extrapolation_df(rise: dict[str, float], seeds: int = 3, trained: int = 3) -> pd.DataFrame:
+    """Each mode's bpb at 1..8 loops: a bowl at `trained` for the part below, then rise[mode] per loop."""
+    rows = []
+    for mode, r in rise.items():
+        for s in range(seeds):
+            for k in range(1, 9):
+                v = 3.0 + 0.05 * max(trained - k, 0) + r * max(k - trained, 0) + 0.001 * s + 0.0002 * s * k
+                rows.append({"loop_sampling": mode, "eval_loops": k, "seed": s, "float_bpb": v})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("rise, expect", [
+    ({"fixed": 0.05, "poisson_lognormal": -0.001}, "Confirms depth extrapolation"),
+    ({"fixed": 0.05, "poisson_lognormal": 0.0002}, "Confirms depth extrapolation"),   # flat within the margin
+    ({"fixed": 0.05, "poisson_lognormal": 0.03}, "Refutes depth extrapolation"),
+    ({"fixed": 0.0, "poisson_lognormal": 0.0}, "Inconclusive"),
+])
+def test_extrapolation_verdict_every_branch(rise: dict, expect: str) -> None:
+    from recur_lib.lab.ablations import extrapolation_verdict
+    text = extrapolation_verdict(extrapolation_df(rise), trained_loops=3)
+    assert expect in text, text
+    assert "8 - 3 loops" in text
+    one = extrapolation_df(rise)[lambda d: d["loop_sampling"] == "fixed"]
+    assert "Need a fixed-count and a random-count" in extrapolation_verdict(one, 3)
+    # with one seed no interval can resolve anything
+    assert "Inconclusive" in extrapolation_verdict(extrapolation_df(rise, seeds=1), 3)

@@ -164,6 +164,7 @@ def test_the_loop_budget_design_runs_and_decides(tiny_data: Path, tmp_path: Path
     nb = json.loads((tmp_path / "smoke" / "30_loop_scaling.ipynb").read_text())
     printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
     assert "- L1 from 1,024 to 2,048 tokens" in printed
+    assert "flat - looped" in printed and "3 - 2 loops" in printed  # the depth-or-sharing and extrapolation verdicts
 
 
 def test_the_quant_loops_design_with_lengths_and_a_second_seed(tiny_data: Path, tmp_path: Path) -> None:

@@ -329,6 +329,67 @@ def loop_stop_verdict(df: pd.DataFrame, metric: str = "final_val_bpb", margin: f
     return "\n".join(lines + ["", v])
 
 
+def flat_control_verdict(df: pd.DataFrame, metric: str = "final_val_bpb") -> str:
+    """Depth or sharing (`loop_budget_arms`' flat controls)? Per L, the flat model of the same effective
+    depth (unique blocks: more parameters, the same tokens and about the same FLOPs) minus the looped
+    "params" arm, paired by seed. Below 0: sharing costs bpb at that depth; above 0: the flat model is
+    worse (sharing helps)."""
+    both = df[df["mode"].isin(["flat", "params"])]
+    if both.empty or both["mode"].nunique() < 2:
+        return "Need the flat controls and the looped arms at the same tokens."
+    lines, calls = [], {}
+    for L, g in both.groupby("loops"):
+        if g["mode"].nunique() < 2:
+            continue
+        d = paired_diff(g, metric, by="mode", a="flat", b="params")
+        calls[int(L)] = decide(d)
+        lines.append(f"- L{int(L)}: flat {g[g['mode'] == 'flat'][metric].mean():.4f} vs looped "
+                     f"{g[g['mode'] == 'params'][metric].mean():.4f}; flat - looped {d} bpb")
+    lower = [L for L, c in calls.items() if c == "lower"]
+    higher = [L for L, c in calls.items() if c == "higher"]
+    if lower and not higher and len(lower) == len(calls):
+        v = "Sharing costs bpb at every depth measured: the flat model of the same depth is better at the same tokens."
+    elif higher and not lower and len(higher) == len(calls):
+        v = "The looped model beats the flat one of the same depth at every L measured."
+    elif lower or higher:
+        v = (f"Mixed: flat better at L {lower or 'none'}, looped better at L {higher or 'none'}, "
+             "unresolved elsewhere.")
+    else:
+        v = "Inconclusive: no flat - looped difference is resolved; depth and sharing are not separated here."
+    return "\n".join(lines + ["", v])
+
+
+def extrapolation_verdict(ext: pd.DataFrame, trained_loops: int, metric: str = "float_bpb",
+                          margin: float = 0.005) -> str:
+    """Depth extrapolation (Huginn: Geiping et al. 2025, arXiv:2502.05171). Per training mode
+    (`loop_sampling`: fixed count or random count per step), the bpb at the deepest evaluated loop count
+    minus at the trained (mean) count, paired by seed. Confirms the claim when the fixed-count model's
+    change is resolved above 0 while the random-count one's upper bound stays below `margin` (no worse
+    than that: flat or better); refutes it here when both are resolved above 0."""
+    sub = ext.dropna(subset=[metric])
+    if sub.empty or sub["loop_sampling"].nunique() < 2 or "fixed" not in set(sub["loop_sampling"]):
+        return "Need a fixed-count and a random-count model evaluated at several loop counts."
+    deep = int(sub["eval_loops"].max())
+    lines, est = [], {}
+    for mode, g in sub.groupby("loop_sampling"):
+        per = g.groupby("eval_loops")[metric].mean()
+        est[mode] = d = paired_diff(g, metric, by="eval_loops", a=deep, b=trained_loops)
+        lines.append(f"- {mode}: " + ", ".join(f"{int(k)} loops {v:.4f}" for k, v in per.items())
+                     + f"; {deep} - {trained_loops} loops {d} bpb")
+    rises = {m: not math.isnan(e.lo) and e.lo > 0 for m, e in est.items()}
+    holds = {m: not math.isnan(e.hi) and e.hi < margin for m, e in est.items()}
+    sampled = [m for m in est if m != "fixed"]
+    if rises["fixed"] and all(holds[m] for m in sampled):
+        v = (f"Confirms depth extrapolation here: from {trained_loops} to {deep} loops the fixed-count model gets "
+             f"worse while the random-count one is no worse than {margin} bpb.")
+    elif rises["fixed"] and all(rises[m] for m in sampled):
+        v = f"Refutes depth extrapolation at this scale: both models get worse from {trained_loops} to {deep} loops."
+    else:
+        v = ("Inconclusive: " + ", ".join(f"{m} {'rises' if rises[m] else 'within the margin' if holds[m] else 'unresolved'}"
+                                          for m in est) + f" (at {deep} vs {trained_loops} loops, margin {margin} bpb).")
+    return "\n".join(lines + ["", v])
+
+
 # -- extra evaluations of finished runs (run by runs.evaluate_variants) ------------------------------------
 
 

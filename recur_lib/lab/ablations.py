@@ -352,8 +352,10 @@ def flat_control_verdict(df: pd.DataFrame, metric: str = "final_val_bpb") -> str
     elif higher and not lower and len(higher) == len(calls):
         v = "The looped model beats the flat one of the same depth at every L measured."
     elif lower or higher:
-        v = (f"Mixed: flat better at L {lower or 'none'}, looped better at L {higher or 'none'}, "
-             "unresolved elsewhere.")
+        names = lambda Ls: ", ".join(f"L{L}" for L in Ls) or "none"  # noqa: E731
+        rest = [L for L, c in calls.items() if c not in ("lower", "higher")]
+        v = (f"Partly resolved: flat better at {names(lower)}, looped better at {names(higher)}; "
+             f"unresolved at {names(rest)}.")
     else:
         v = "Inconclusive: no flat - looped difference is resolved; depth and sharing are not separated here."
     return "\n".join(lines + ["", v])

@@ -43,8 +43,9 @@ PRESET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
             "20_quant_gap_hybrid": {"design": "loops", "loops": [1, 2, 3, 4, 6], "iterations": 1000, "seeds": [0],
                                     "extra_seed_loops": [3, 6], "length_loops": 3, "lengths": [250, 1000, 4000],
                                     "bits": [8, 6, 4], "probe_bits": [8, 4]},
-            # Compute-matched loops at 1M and 4M L1-token-equivalents, 2 data-order seeds.
-            "30_loop_scaling": {"design": "budgets", "loops": [1, 2, 3, 4, 6], "seeds": [0, 1],
+            # Compute-matched loops at 1M and 4M L1-token-equivalents, 3 data-order seeds (with 2, a t interval
+            # has one degree of freedom and reaches 12.7 standard errors on each side).
+            "30_loop_scaling": {"design": "budgets", "loops": [1, 2, 3, 4, 6], "seeds": [0, 1, 2],
                                 "budgets": [1_000_000, 4_000_000], "flat_control": True, "sampled_loops": 3,
                                 "eval_loops_max": 8}},
 }

@@ -104,9 +104,11 @@ def test_grid_product_names_arms_and_parallel_runs_share_the_cores(tiny_data: Pa
     assert json.loads((Path(df["run_dir"][1]) / "config.json").read_text())["schedule"]["n_loops"] == 2
 
 
-def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_data: Path, tmp_path: Path) -> None:
+def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_data: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
     """Labels travel from the arm to the sweep row and on to every variant row; a failing variant is a
-    row with its status (the others still evaluate, two at a time); a saved evaluation is reused."""
+    row with its status (the others still evaluate, two at a time); a saved evaluation is reused. Quiet,
+    each evaluation prints one line, its log staying in the run folder."""
     arms = [Arm("narrow", {"model.dim": 32}, labels={"width": 32, "kind": "n"}),
             Arm("wide", {"model.dim": 64}, labels={"width": 64, "kind": "w"})]
     df = sweep(base(tiny_data, **{"train.iterations": 2}), arms, seeds=[0], runs_dir=tmp_path, evaluate=False, quiet=True)
@@ -114,6 +116,7 @@ def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_da
     variants = [Arm("int6", {"quant.export_bits": 6}, labels={"bits": 6}),
                 Arm("bad", {"quant.export_bits": 99}, labels={"bits": 99}),
                 Arm("nodata", {"data.root": str(tmp_path / "missing")}, labels={"bits": 8})]
+    capsys.readouterr()
     ev = evaluate_variants(df, variants, parallel=2, quiet=True)
     assert len(ev) == 6 and ev[["arm", "variant"]].values.tolist()[:3] == [["narrow", "int6"], ["narrow", "bad"],
                                                                           ["narrow", "nodata"]]
@@ -125,8 +128,12 @@ def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_da
     assert (Path(df["run_dir"][0]) / "int6.json").exists() and not (Path(df["run_dir"][0]) / "nodata.json").exists()
     saved = Path(df["run_dir"][0]) / "int6.json"
     mtime = saved.stat().st_mtime_ns
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 6 and sum("int6] val_bpb" in line for line in printed) == 2, printed
+    assert any("nodata] eval_failed" in line and "stdout.log" in line for line in printed)
     again = evaluate_variants(df, variants[:1], quiet=True)
     assert again["quant_gap"].tolist() == ok["quant_gap"].tolist() and saved.stat().st_mtime_ns == mtime  # reused
+    assert capsys.readouterr().out.count("(reused)") == 2
 
 
 # -- a job ends with its runner ------------------------------------------------------------------------

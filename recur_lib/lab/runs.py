@@ -395,13 +395,19 @@ def evaluate_variants(df: pd.DataFrame, variants: Arms | Callable[[Config], Arms
 
     def one(job: tuple[pd.Series, Arm]) -> dict[str, Any]:
         r, v = job
+        started = time.monotonic()
         status, e, tail = run_evaluation(r["run_dir"], v.name, v.overrides, quiet=quiet, threads=threads)
         row = {k: r[k] for k in r.index if k not in RESULT_COLUMNS}
         row.update({"variant": v.name, **v.labels, "status": status})
         if e is not None:
             row.update({"eval_loops": e.get("eval_loops"), **eval_row(e)})
+            took = time.monotonic() - started
+            line = (f"val_bpb {e['float']['plain']['val_bpb']:.4f} quantized {e['quantized']['plain']['val_bpb']:.4f}"
+                    + (" (reused)" if not tail else f" in {took:.0f} s"))
         else:
             row["error"] = tail.strip().splitlines()[-1] if tail.strip() else status
+            line = f"{status}: {row['error']} (log: {project_relative(Path(r['run_dir']) / 'stdout.log')})"
+        print(f"[{Path(r['run_dir']).name} {v.name}] {line}", flush=True)  # one line per evaluation
         return row
 
     return pd.DataFrame(_pool_map(one, jobs, parallel))

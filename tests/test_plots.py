@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from recur_lib.lab.plots import aligned
 
@@ -18,3 +19,21 @@ def test_seeds_align_by_step_and_gaps_stay_gaps() -> None:
     assert t.loc[50, 1] == 9.0  # the last of a step logged twice
     assert 90.0 in t.index and t.loc[90.0].isna().all()  # 50 -> 130 is a hole: a NaN row inside it
     assert list(t.index) == [10, 20, 30, 40, 50, 90.0, 130]
+
+
+def test_xy_error_bars_are_the_95_percent_t_interval_and_axes_have_names() -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from recur_lib.lab.plots import xy
+    from recur_lib.lab.stats import mean_ci
+    df = pd.DataFrame({"loops": [1, 1, 1, 2, 2, 3], "final_val_bpb": [2.0, 2.1, 2.3, 1.9, 2.0, 1.8]})
+    ax = xy(df, "loops", "final_val_bpb")
+    bars = ax.containers[0]
+    segments = bars.lines[2][0]  # the vertical bar of each point
+    half = [(seg[1][1] - seg[0][1]) / 2 for seg in segments.get_segments()]
+    e1, e2 = mean_ci([2.0, 2.1, 2.3]), mean_ci([1.9, 2.0])
+    assert half[:2] == [pytest.approx(e1.hi - e1.mean), pytest.approx(e2.hi - e2.mean)]
+    assert half[2] == 0.0  # one run: no interval drawn
+    assert ax.get_xlabel() == "loop count L" and ax.get_ylabel() == "val bpb"
+    ax2 = xy(df, "loops", "final_val_bpb", line=False)
+    assert len(ax2.lines[-1].get_xdata()) == 6  # every run a marker

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..config import Config
 from .runs import load_metrics
+from .stats import mean_ci
 
 
 def _ax(ax: Any) -> Any:
@@ -138,15 +139,31 @@ def budget(artifact: Mapping[str, Any], ax: Any = None) -> Any:
     return ax
 
 
-def xy(df: pd.DataFrame, x: str, y: str, by: str | None = None, ax: Any = None, err: bool = True) -> Any:
-    """y against x (mean over seeds, std error bars), one line per `by` group."""
+# Axis labels for the table columns the notebooks plot (any other column is labelled by its name).
+AXIS_LABELS = {"final_val_bpb": "val bpb", "float_bpb": "val bpb (float weights)", "quant_gap": "quantized - float bpb",
+               "artifact_bytes": "artifact bytes (code + model)", "bits": "export bits", "loops": "loop count L",
+               "eval_loops": "loop count at evaluation", "train_time_s": "training time (s)",
+               "gflops": "training GFLOPs (LM head and attention included)"}
+
+
+def xy(df: pd.DataFrame, x: str, y: str, by: str | None = None, ax: Any = None, err: bool = True,
+       line: bool = True) -> Any:
+    """y against x, one series per `by` group: the mean over the runs at each x with its 95% t interval
+    as error bars (`stats.mean_ci`; none where a single run stands behind a point). `line=False` draws
+    every run as a marker instead (for x values that do not form a series, such as each run's FLOPs)."""
     ax = _ax(ax)
     groups: Sequence[tuple[Any, pd.DataFrame]] = list(df.groupby(by, sort=False)) if by else [("", df)]
     for name, g in groups:
-        s = g.groupby(x)[y].agg(["mean", "std"]).reset_index()
-        ax.errorbar(s[x], s["mean"], yerr=s["std"].fillna(0) if err else None, marker="o", capsize=3, label=str(name))
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+        g = g.dropna(subset=[y])
+        if not line:
+            ax.plot(g[x], g[y], "o", alpha=0.8, label=str(name))
+            continue
+        est = g.groupby(x)[y].apply(lambda v: mean_ci(v.tolist()))
+        mean = np.array([e.mean for e in est])
+        half = np.array([0.0 if np.isnan(e.hi) else e.hi - e.mean for e in est])
+        ax.errorbar(est.index, mean, yerr=half if err else None, marker="o", capsize=3, label=str(name))
+    ax.set_xlabel(AXIS_LABELS.get(x, x))
+    ax.set_ylabel(AXIS_LABELS.get(y, y))
     if by:
         ax.legend(fontsize=8)
     return ax

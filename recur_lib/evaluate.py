@@ -326,6 +326,9 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     e = cfg.eval
     t_start = time.perf_counter()
     model = build_model(cfg).to(rt.device)
+    # a barrier: training writes model.pt on rank 0 alone, and a script that trains and then evaluates in one
+    # process (the generated train_gpt.py) would otherwise let another rank read it before it exists
+    all_reduce_sum(torch.zeros(1, device=rt.device), rt)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location=rt.device, weights_only=True))
     labels: dict[str, Any] = {"pre_quant_ttt": e.ttt == "pre_quant"}
     t = t_start

@@ -161,7 +161,8 @@ def one_train(name: str, which: str, repeats: int, variant: str = "eager") -> di
 def one_eval(name: str, repeats: int) -> list[dict]:
     """Plain, sliding and score-first TTT evaluation of the same 64 windows. TTT runs 4 chunks of 16
     windows, one epoch; its floor is the work it must do: score every token once, then one forward and
-    backward over every token (`ttt_work_floor`, no optimizer); `ttt_vs_floor` is what the bookkeeping
+    backward over every token of the first 3 chunks (the last is only scored: nothing after it would use
+    what it teaches) (`ttt_work_floor`, no optimizer); `ttt_vs_floor` is what the bookkeeping
     around that work costs. Each timing after one untimed call (allocator and autograd warm)."""
     from recur_lib.data.bpb import build_byte_tables
     from recur_lib.device import setup
@@ -189,8 +190,8 @@ def one_eval(name: str, repeats: int) -> list[dict]:
 
     def floor() -> None:
         eval_windows(model, toks, tables, L, 0, cfg.eval.batch_tokens, rt)
-        for i in range(0, 64, per_batch):
-            rows_ = range(i, min(64, i + per_batch))
+        for i in range(0, 48, per_batch):
+            rows_ = range(i, min(48, i + per_batch))
             x = torch.stack([t[r * L:(r + 1) * L] for r in rows_])
             y = torch.stack([t[r * L + 1:(r + 1) * L + 1] for r in rows_])
             model(x, y).backward()

@@ -3,7 +3,7 @@
 No GPU number enters: the FLOPs per token are the model's own (`model.flops.measured_flops`, LM head and
 attention included), the rest are assumptions written into the output. Score-first TTT scores each
 chunk (a forward) and then trains on it for `eval.ttt_epochs` epochs (forward + backward). Our
-implementation runs it on one process; the estimate gives that and the ideal 8-way split of each chunk.
+implementation splits each chunk over the ranks; the estimate gives one GPU and the ideal 8-way split.
     python benchmarks/ttt_estimate.py [--preset seed-927]   -> results/benchmarks/ttt_estimate.json
 """
 from __future__ import annotations

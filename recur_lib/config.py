@@ -257,6 +257,11 @@ class EvalConfig(_Group):
     ttt_block_lr_min: float = _f(1.0, "lr multiplier of the first block, rising linearly to 1.0 at the last "
                                  "(#1406: 0.3)", 0.0, 1.0)
     ttt_reset: bool = _f(False, "reset the weights before each chunk (False: adaptation carries over)")
+    ttt_lr_schedule: Literal["constant", "cosine"] = _f(
+        "constant", "score-first TTT lr over the chunks: constant, or cosine from ttt_lr at the first chunk to 0 at "
+        "the last (#927)")
+    ttt_freeze_blocks: int = _f(0, "the first this many unique blocks stay fixed during TTT (#927: 1)", 0, 1024)
+    ttt_grad_clip: float = _f(0.0, "TTT gradient-norm clip, 0 = off (#927: 1.0)", 0.0, None)
 
 
 @dataclass(frozen=True)

@@ -143,23 +143,27 @@ def eval_bpb(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, seq
 
 
 def _ttt_param_groups(model: torch.nn.Module, cfg: Config) -> list[dict[str, Any]]:
-    """Parameters TTT adapts, with #1406's per-block lr multipliers (first block lo -> last block 1.0)."""
+    """Parameters TTT adapts, with #1406's per-block lr multipliers (first block lo -> last block 1.0).
+    The rest stop requiring gradients on this (working) copy, so they neither cost a weight gradient nor
+    hold one across steps."""
     e = cfg.eval
     n_blocks = len(model.blocks)
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if e.ttt_params == "lora" and not name.startswith("loop_lora."):
-            continue
-        if e.ttt_params == "blocks" and not name.startswith("blocks."):
+        block = int(name.split(".")[1]) if name.startswith("blocks.") else None
+        if ((e.ttt_params == "lora" and not name.startswith("loop_lora."))
+                or (e.ttt_params == "blocks" and block is None)
+                or (block is not None and block < e.ttt_freeze_blocks)):  # #927 keeps its first shared block fixed
+            p.requires_grad_(False)
             continue
         mult = 1.0
-        if name.startswith("blocks.") and n_blocks > 1:
-            i = int(name.split(".")[1])
-            mult = e.ttt_block_lr_min + (1 - e.ttt_block_lr_min) * i / (n_blocks - 1)
+        if block is not None and n_blocks > 1:
+            mult = e.ttt_block_lr_min + (1 - e.ttt_block_lr_min) * block / (n_blocks - 1)
         groups.setdefault(mult, []).append(p)
     if not groups:
-        raise ValueError(f"eval.ttt_params = {e.ttt_params!r} selects no parameter of this model "
-                         "(no per-loop LoRA?); use 'all' or 'blocks'")
+        raise ValueError(f"eval.ttt_params = {e.ttt_params!r} with eval.ttt_freeze_blocks = {e.ttt_freeze_blocks} "
+                         "selects no parameter of this model (no per-loop LoRA, or every block frozen?); use 'all' "
+                         "or 'blocks', or freeze fewer blocks")
     return [{"params": ps, "lr": e.ttt_lr * m, "base_lr": e.ttt_lr * m} for m, ps in sorted(groups.items())]
 
 
@@ -183,25 +187,37 @@ def make_ttt_optimizer(model: torch.nn.Module, cfg: Config) -> list[torch.optim.
 
 def _adapt(model: torch.nn.Module, opts: list[torch.optim.Optimizer], toks: torch.Tensor, a: int, b: int,
            cfg: Config, rt: Runtime, epochs: int, lr_at: Any = None) -> None:
-    """Train on targets [a, b) (inputs toks[a:b], labels toks[a+1:b+1]) for `epochs` passes."""
+    """Train on targets [a, b) (inputs toks[a:b], labels toks[a+1:b+1]) for `epochs` passes. Each batch of
+    sequences is split over the ranks, and the gradients are summed with each rank's loss weighted by its
+    share of the batch: every rank takes the step one process would take on the whole batch."""
     L = cfg.eval.seq_len
     starts = list(range(a, b, L))
     per_batch = max(1, cfg.eval.batch_tokens // L)
+    params = [p for opt in opts for g in opt.param_groups for p in g["params"]]
     model.train()
     step = 0
     for _ in range(epochs):
         for i in range(0, len(starts), per_batch):
             batch = starts[i:i + per_batch]
             n = min(L, *(b - s for s in batch))
-            x = torch.stack([toks[s:s + n] for s in batch]).to(rt.device)
-            y = torch.stack([toks[s + 1:s + n + 1] for s in batch]).to(rt.device)
+            mine = batch[len(batch) * rt.rank // rt.world_size: len(batch) * (rt.rank + 1) // rt.world_size]
             if lr_at is not None:
                 for opt in opts:
                     for g in opt.param_groups:
                         g["lr"] = g.get("base_lr", g["lr"]) * lr_at(step)
-            with autocast(rt):
-                loss = model(x, y)
-            loss.backward()
+            if mine:
+                x = torch.stack([toks[s:s + n] for s in mine]).to(rt.device)
+                y = torch.stack([toks[s + 1:s + n + 1] for s in mine]).to(rt.device)
+                with autocast(rt):
+                    loss = model(x, y)
+                (loss * (len(mine) / len(batch)) if rt.distributed else loss).backward()
+            if rt.distributed:
+                for p in params:
+                    if p.grad is None:  # a rank without a sequence of this batch still adds its zeros
+                        p.grad = torch.zeros_like(p)
+                    all_reduce_sum(p.grad, rt)
+            if cfg.eval.ttt_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.eval.ttt_grad_clip)
             for opt in opts:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -211,13 +227,14 @@ def _adapt(model: torch.nn.Module, opts: list[torch.optim.Optimizer], toks: torc
 
 def ttt_score_first(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, cfg: Config, rt: Runtime,
                     adapt_before_scoring: bool = False) -> tuple[Scores, np.ndarray]:
-    """Score-first TTT over all targets; returns the scores and the per-target NLLs.
+    """Score-first TTT over all targets; returns the scores and the per-target NLLs (on every rank).
 
-    adapt_before_scoring=True is the *illegal* variant (adapt on a chunk, then score it); it exists only
-    so the legality test can show that it catches leakage. The caller's model is not modified.
+    Chunks run in order; within a chunk the ranks split the scoring windows and the training sequences
+    (as #927 does), so every rank holds the same weights at every chunk. The last chunk is scored and not
+    trained on: nothing is left to score with what it would teach. adapt_before_scoring=True is the
+    *illegal* variant (adapt on a chunk, then score it); it exists only so the legality test can show that
+    it catches leakage. The caller's model is not modified.
     """
-    if rt.distributed:
-        raise NotImplementedError("score-first TTT runs on one process (its chunks are sequential)")
     t0 = time.perf_counter()
     e = cfg.eval
     work = copy.deepcopy(model)
@@ -226,20 +243,27 @@ def ttt_score_first(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTabl
     toks = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     n = len(toks) - 1
     nll = np.zeros(n, dtype=np.float64)
+    chunks = list(range(0, n, e.ttt_chunk_tokens))
     work.eval()
-    for a in range(0, n, e.ttt_chunk_tokens):
+    for ci, a in enumerate(chunks):
         b = min(a + e.ttt_chunk_tokens, n)
         if initial is not None:
             work.load_state_dict(initial)
             opts = make_ttt_optimizer(work, cfg)
+        # #927's schedule: lr x (1 + cos(pi x chunk / (chunks - 1))) / 2, the same for every step of a chunk
+        scale = 0.5 * (1 + math.cos(math.pi * ci / max(len(chunks) - 1, 1))) if e.ttt_lr_schedule == "cosine" else None
+        lr_at = None if scale is None else (lambda _step, s=scale: s)
         if adapt_before_scoring:
-            _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs)
+            _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs, lr_at)
         with torch.inference_mode():
             plan = window_plan(a, b, n, e.seq_len, e.stride)
-            for (s, lo, hi), v in zip(plan, score_windows(work, toks, plan, e.seq_len, e.batch_tokens, rt)):
+            mine = plan[len(plan) * rt.rank // rt.world_size: len(plan) * (rt.rank + 1) // rt.world_size]
+            for (s, lo, hi), v in zip(mine, score_windows(work, toks, mine, e.seq_len, e.batch_tokens, rt)):
                 nll[s + lo:s + hi] = v.numpy()
-        if not adapt_before_scoring:
-            _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs)
+        if rt.distributed:  # each target was scored on one rank; the others hold 0 there
+            nll[a:b] = all_reduce_sum(torch.from_numpy(nll[a:b]).to(rt.device), rt).cpu().numpy()
+        if not adapt_before_scoring and b < n:
+            _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs, lr_at)
     n_bytes = int(_target_bytes(toks, 0, n, tables).sum())
     return Scores(float(nll.sum()), n_bytes, n, time.perf_counter() - t0), nll
 
@@ -302,6 +326,9 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     e = cfg.eval
     t_start = time.perf_counter()
     model = build_model(cfg).to(rt.device)
+    # a barrier: training writes model.pt on rank 0 alone, and a script that trains and then evaluates in one
+    # process (the generated train_gpt.py) would otherwise let another rank read it before it exists
+    all_reduce_sum(torch.zeros(1, device=rt.device), rt)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location=rt.device, weights_only=True))
     labels: dict[str, Any] = {"pre_quant_ttt": e.ttt == "pre_quant"}
     t = t_start

@@ -126,11 +126,12 @@ PRESETS: dict[str, tuple[str | None, dict[str, Any]]] = {
         "quant.scheme": assumed("baseline"),  # its script is the baseline's; the export code was not checked
         # Its train_gpt.py (records/track_10min_16mb/2026-03-26_RecursiveTransformer_4B7L_VE_QAT_TTT, PR head
         # 64490b1) scores at the training length (no eval length of its own) with SLIDING_WINDOW_STRIDE=64, and
-        # runs TTT with SGD at momentum 0.9 over 32,768-token chunks. Not reproduced here: its cosine TTT lr
-        # over the chunks, its frozen first block, its TTT grad clip 1.0 and its TTT split over the ranks.
+        # runs TTT with SGD at momentum 0.9 over 32,768-token chunks, a cosine lr over the chunks, its first
+        # shared block frozen and the gradient norm clipped at 1.0, each chunk split over the ranks.
         "eval.seq_len": code(2048), "eval.stride": code(64), "eval.ttt": code("score_first"),
         "eval.ttt_lr": code(0.002), "eval.ttt_epochs": code(3), "eval.ttt_chunk_tokens": code(32768),
-        "eval.ttt_optimizer": code("sgd"), "eval.ttt_momentum": code(0.9),
+        "eval.ttt_optimizer": code("sgd"), "eval.ttt_momentum": code(0.9), "eval.ttt_lr_schedule": code("cosine"),
+        "eval.ttt_freeze_blocks": code(1), "eval.ttt_grad_clip": code(1.0),
     }),
     # PR #1406 and its records lineage (2026-04-03_MuonEqR_DepthRecurrence_WD090_AllInt6): 11 blocks,
     # 4-5 run twice, MuonEq-R, late QAT, EMA + SWA, discriminative pre-quant TTT.

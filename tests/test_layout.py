@@ -117,8 +117,24 @@ def test_code_version_follows_only_the_computing_modules(tmp_path: Path, edited:
     before = code_version(copy)
     assert before == code_version(PACKAGE)
     with open(copy / edited, "a") as f:
-        f.write("\n# an edited comment\n")
+        f.write("\n_EDITED = 1\n")
     assert (code_version(copy) != before) == changes
+
+
+def test_code_version_ignores_comments_docstrings_and_layout(tmp_path: Path) -> None:
+    from recur_lib.lab.runs import code_version
+    copy = tmp_path / "recur_lib"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = code_version(copy)
+    src = (copy / "train.py").read_text()
+    edited = src.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n\n\n"
+    edited = edited.replace("def _validate(job: Job) -> dict[str, float]:",
+                            "def _validate(job: Job) -> dict[str, float]:\n    \"\"\"A new docstring.\"\"\"  # and a comment")
+    assert edited != src and "A new docstring" in edited
+    (copy / "train.py").write_text(edited)
+    assert code_version(copy) == before
+    (copy / "train.py").write_text(edited.replace("e.seq_len, e.batch_tokens", "e.batch_tokens, e.seq_len", 1))
+    assert code_version(copy) != before  # the same words in another order compute something else
 
 
 def test_readme_layout_names_every_module() -> None:

@@ -15,6 +15,7 @@ kernel dies.
 """
 from __future__ import annotations
 
+import ast
 import collections
 import hashlib
 import itertools
@@ -55,12 +56,26 @@ NOT_COMPUTING = ("__init__.py", "version.py", "config.py", "presets.py", "paths.
 
 
 def code_version(package: Path = PACKAGE) -> str:
-    """A hash of COMPUTE_FILES under `package` (names and bytes)."""
+    """A hash of COMPUTE_FILES under `package`: each file's syntax tree without its docstrings, so that a
+    comment, a docstring or a line break retrains nothing (a sweep outlives such edits) while any change
+    to what the code does gives new run ids."""
     h = hashlib.sha256()
     for name in COMPUTE_FILES:
         h.update(name.encode())
-        h.update((package / name).read_bytes())
+        h.update(_code_only((package / name).read_text()).encode())
     return h.hexdigest()[:12]
+
+
+def _code_only(source: str) -> str:
+    """The syntax tree as text (comments and layout are not in it), docstrings removed."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
 
 
 def run_id(cfg: Config) -> str:

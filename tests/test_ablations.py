@@ -205,27 +205,50 @@ def test_quant_loop_arms_match_reuse_and_parameters() -> None:
     assert len(quant_loop_arms([1, 2, 3, 4, 6], param_matched=False)) == 10
 
 
-def quant_loop_df(per_app: dict[int, list[float]]) -> pd.DataFrame:
-    """Shared arm gaps at L loops = per-application gap x L, per seed; hybrid half of that."""
+def quant_loop_df(per_app: dict[int, list[float]], width: float | None = None) -> pd.DataFrame:
+    """Shared arm gaps at L loops = per-application gap x L, per seed; hybrid half of that. `width`: each
+    run's window-bootstrap interval half-width."""
     rows = []
     for L, gaps in per_app.items():
         for s, g in enumerate(gaps):
             for arch, f in (("shared", 1.0), ("hybrid", 0.5)):
+                gap = g * L * f
                 rows.append({"arch": arch, "loops": L, "reuse": L, "seed": s, "bits": 4, "qat": "off",
-                             "quant_gap": g * L * f})
+                             "quant_gap": gap, **({"quant_gap_lo": gap - width, "quant_gap_hi": gap + width}
+                                                  if width is not None else {})})
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("per_app, expect", [
-    ({1: [0.001, 0.0012, 0.0011], 6: [0.004, 0.0045, 0.0042]}, "compounds through the loops"),
-    ({1: [0.004, 0.0045, 0.0042], 6: [0.001, 0.0012, 0.0011]}, "no compounding"),
-    ({1: [0.001, 0.003, 0.002], 6: [0.003, 0.001, 0.0021]}, "Inconclusive"),
-    ({1: [0.001], 6: [0.004]}, "Inconclusive"),
+def probe_summary(superadd: float, first: float, last: float) -> pd.DataFrame:
+    return pd.DataFrame([{"arch": "shared", "scheme": "baseline", "bits": 4, "loops": 6, "superadditivity": superadd,
+                          "rel_error_first": first, "rel_error_last": last}])
+
+
+GROWS = {1: [0.001, 0.0012, 0.0011], 6: [0.004, 0.0045, 0.0042]}
+SHRINKS = {1: [0.004, 0.0045, 0.0042], 6: [0.001, 0.0012, 0.0011]}
+
+
+@pytest.mark.parametrize("per_app, probe, expect", [
+    (GROWS, probe_summary(1.5, 0.05, 0.2), "compounds through the loops"),
+    (GROWS, probe_summary(1.0, 0.1, 0.05), "Inconclusive or mixed: gap per application higher; all-steps / summed "
+                                           "single-step 1.00 (compounding above 1.2); hidden-state error shrinks"),
+    (GROWS, None, "Inconclusive or mixed: gap per application higher"),
+    (SHRINKS, probe_summary(1.0, 0.118, 0.046), "the first application of each weight dominates"),
+    (SHRINKS, None, "No compounding"),
+    ({1: [0.001, 0.003, 0.002], 6: [0.003, 0.001, 0.0021]}, None, "Inconclusive or mixed: gap per application inconclusive"),
+    ({1: [0.001], 6: [0.004]}, None, "Inconclusive"),
 ])
-def test_quant_loop_verdict_every_branch(per_app: dict, expect: str) -> None:
-    text = quant_loop_verdict(quant_loop_df(per_app), 4)
+def test_quant_loop_verdict_every_branch(per_app: dict, probe: pd.DataFrame | None, expect: str) -> None:
+    text = quant_loop_verdict(quant_loop_df(per_app), 4, probe)
     assert expect in text, text
     assert "- shared: gap per application, L = 6 minus L = 1" in text
+
+
+def test_quant_loop_verdict_with_one_seed_reads_the_bootstrap_intervals() -> None:
+    narrow = quant_loop_verdict(quant_loop_df({1: [0.004], 6: [0.001]}, width=0.0005), 4)
+    assert "No compounding" in narrow and "one seed: window-bootstrap intervals" in narrow
+    wide = quant_loop_verdict(quant_loop_df({1: [0.004], 6: [0.001]}, width=0.05), 4)
+    assert "gap per application inconclusive" in wide
 
 
 def test_quant_loop_verdict_reads_the_probe() -> None:

@@ -194,18 +194,7 @@ def quant_length_verdict(df: pd.DataFrame, bits: int) -> str:
     for arch, g in sub.groupby("arch"):
         per = g.groupby("length")["quant_gap"].mean()
         lines.append(f"- {arch}: int{bits} gap " + ", ".join(f"{int(n):,} steps {v:+.4f}" for n, v in per.items()))
-        if g["seed"].nunique() >= 2:
-            d = paired_diff(g, "quant_gap", by="length", a=long, b=short)
-            how = "paired by seed"
-        elif {"quant_gap_lo", "quant_gap_hi"} <= set(g.columns):
-            a, b = g[g["length"] == long].iloc[0], g[g["length"] == short].iloc[0]
-            se = math.hypot(a["quant_gap_hi"] - a["quant_gap_lo"], b["quant_gap_hi"] - b["quant_gap_lo"]) / (2 * 1.96)
-            diff = a["quant_gap"] - b["quant_gap"]
-            d = Estimate(diff, diff - 1.96 * se, diff + 1.96 * se, 1, 0.95, "quant_gap: long - short")
-            how = "one seed: window-bootstrap intervals"
-        else:
-            d = mean_ci([])
-            how = "no interval"
+        d, how = _run_diff(g, "quant_gap", "length", long, short)
         decisions[arch] = decide(d)
         lines.append(f"  {int(long):,} - {int(short):,} steps: {d} bpb ({how})")
     grows = [a for a, v in decisions.items() if v == "higher"]
@@ -624,12 +613,34 @@ def quant_verdict(df: pd.DataFrame, bits: int = 8) -> str:
     return "\n".join(parts + ["", v + "."])
 
 
+def _run_diff(g: pd.DataFrame, value: str, by: str, a: object, b: object) -> tuple[Estimate, str]:
+    """value(a) - value(b): paired by seed with a t interval when two or more seeds have both, else from
+    one run of each and their window-bootstrap intervals (`<value>_lo`/`_hi`, normal approximation,
+    independent runs), which see the sampling of the eval text but not the seed's."""
+    both = set(g[g[by] == a]["seed"]) & set(g[g[by] == b]["seed"])
+    if len(both) >= 2:
+        return paired_diff(g[g["seed"].isin(both)], value, by=by, a=a, b=b), f"paired by seed, n = {len(both)}"
+    lo, hi = f"{value}_lo", f"{value}_hi"
+    if {lo, hi} <= set(g.columns) and (g[by] == a).any() and (g[by] == b).any():
+        ra, rb = g[g[by] == a].iloc[0], g[g[by] == b].iloc[0]
+        if not any(math.isnan(float(v)) for v in (ra[lo], ra[hi], rb[lo], rb[hi])):
+            se = math.hypot(ra[hi] - ra[lo], rb[hi] - rb[lo]) / (2 * 1.96)
+            d = ra[value] - rb[value]
+            return Estimate(d, d - 1.96 * se, d + 1.96 * se, 1, 0.95, f"{value}: {a} - {b}"), \
+                "one seed: window-bootstrap intervals"
+    return mean_ci([]), "no interval"
+
+
 def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None = None) -> str:
     """Does the gap compound through loops? df: quant_table rows of `quant_loop_arms` runs (arch, loops,
-    reuse, seed, bits, qat, quant_gap). Per arch, the gap per application of the shared blocks at the
-    most loops minus at the fewest, paired by seed: above 0 means the gap grows faster than the number
-    of applications (compounding), below 0 slower (the first application dominates). `probe`
-    (probes.probe_table's summary) adds each arch's all-steps / summed single-step effect, against 1."""
+    reuse, seed, bits, qat, quant_gap and its window-bootstrap quant_gap_lo/_hi). Three readings of the
+    fully shared model, as the design names them: (1) the gap per application of the shared blocks at the
+    most loops minus at the fewest (`_run_diff`): above 0, the gap grows faster than the number of
+    applications; (2) from `probe` (probes.probe_table's summary, deepest L): the all-steps effect over the
+    summed single-step effects, compounding above 1.2; (3) the hidden-state error at the last schedule step
+    against the first, compounding when it grows. Compounding when all three say so; none when (1) is
+    resolved below 0 and the probe reads additive (below 1.2) with a shrinking error; otherwise the parts
+    are listed as they fell."""
     sub = df[(df["bits"] == bits) & (df["qat"] == "off")]
     if sub.empty or sub["loops"].nunique() < 2:
         return f"Need int{bits} gaps at two or more loop counts."
@@ -639,24 +650,46 @@ def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None =
     growth = {}
     for arch, g in sub.groupby("arch"):
         per = g.assign(per_application=g["quant_gap"] / g["reuse"])
-        growth[arch] = paired_diff(per, "per_application", by="loops", a=hi, b=lo)
-        lines.append(f"- {arch}: gap per application, L = {hi} minus L = {lo}: {growth[arch]} bpb")
+        for side in ("lo", "hi"):
+            if f"quant_gap_{side}" in g:
+                per[f"per_application_{side}"] = g[f"quant_gap_{side}"] / g["reuse"]
+        growth[arch], how = _run_diff(per, "per_application", "loops", hi, lo)
+        lines.append(f"- {arch}: gap per application, L = {hi} minus L = {lo}: {growth[arch]} bpb ({how})")
+    superadd = error_grows = None
     if probe is not None and not probe.empty:
         p = probe[probe["bits"] == bits]
         for (arch, scheme), g in p.groupby(["arch", "scheme"]):
             lines.append(f"- {arch} ({scheme}): all-steps / summed single-step effect "
                          f"{mean_ci(g['superadditivity'].tolist())}")
+        deep = p[(p["arch"] == "shared") & (p["loops"] == p[p["arch"] == "shared"]["loops"].max())] \
+            if "loops" in p else p[p["arch"] == "shared"]
+        if not deep.empty:
+            superadd = float(deep["superadditivity"].mean())
+            if {"rel_error_first", "rel_error_last"} <= set(deep.columns):
+                first, last = float(deep["rel_error_first"].mean()), float(deep["rel_error_last"].mean())
+                error_grows = last > first
+                lines.append(f"- shared at its deepest L: hidden-state error {first:.3g} at the first step, "
+                             f"{last:.3g} at the last; all-steps / summed single-step {superadd:.2f}")
     shared = growth.get("shared")
     d = "inconclusive" if shared is None else decide(shared)
-    if d == "higher":
-        v = (f"The fully shared model's int{bits} gap grows faster than the number of times its blocks run "
-             f"({lo} -> {hi} loops): quantization error compounds through the loops, as #341 said")
-    elif d == "lower":
-        v = (f"The fully shared model's int{bits} gap grows more slowly than the number of times its blocks run "
-             f"({lo} -> {hi} loops): no compounding; the first application of each weight dominates")
+    probe_for = superadd is not None and superadd > 1.2 and error_grows is True
+    probe_against = superadd is not None and superadd <= 1.2 and error_grows is False
+    if d == "higher" and probe_for:
+        v = (f"The fully shared model's int{bits} error compounds through the loops, as #341 said: its gap grows "
+             f"faster than the number of times its blocks run ({lo} -> {hi} loops), the effects are super-additive "
+             "and the hidden-state error grows step by step")
+    elif d == "lower" and (probe_against or superadd is None):
+        v = (f"No compounding: the fully shared model's int{bits} gap grows more slowly than the number of times "
+             f"its blocks run ({lo} -> {hi} loops)"
+             + ("; the effects add up rather than multiply and the hidden-state error shrinks through the steps: "
+                "the first application of each weight dominates" if probe_against else ""))
     else:
-        v = (f"Inconclusive: the fully shared model's gap per application at {hi} against {lo} loops has an "
-             "interval that includes 0 (or none at one seed)")
+        parts = [f"gap per application {d}"]
+        if superadd is not None:
+            parts.append(f"all-steps / summed single-step {superadd:.2f} (compounding above 1.2)")
+        if error_grows is not None:
+            parts.append("hidden-state error " + ("grows" if error_grows else "shrinks") + " through the steps")
+        v = "Inconclusive or mixed: " + "; ".join(parts)
     return "\n".join(lines + ["", v + ". What this cannot see: widths, token counts and quantizers far from #341's."])
 
 

@@ -237,12 +237,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_model_describe(args: argparse.Namespace) -> int:
-    import torch
-
-    from .model import build_model
-    cfg = config_from_args(args)
-    with torch.device("meta"):  # shapes and counts only: full-size presets cost no memory
-        print(build_model(cfg).describe())
+    from .submit import describe
+    print(describe(config_from_args(args)))
     return 0
 
 

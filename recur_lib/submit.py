@@ -187,8 +187,8 @@ if __name__ == "__main__":
 
 
 def describe(cfg: Config) -> str:
-    """The model's `describe()`, built on the meta device (shapes and counts only, as `recur model
-    describe` does): a full-size preset costs no memory."""
+    """The model's `describe()`, built on the meta device (shapes and counts only): a full-size preset
+    costs no memory. `recur model describe` prints it; the records folder's header and README quote it."""
     import torch
 
     from .model import build_model

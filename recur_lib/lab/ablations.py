@@ -336,9 +336,9 @@ def flat_control_verdict(df: pd.DataFrame, metric: str = "final_val_bpb") -> str
                      f"{g[g['mode'] == 'params'][metric].mean():.4f}; flat - looped {d} bpb")
     lower = [L for L, c in calls.items() if c == "lower"]
     higher = [L for L, c in calls.items() if c == "higher"]
-    if lower and not higher and len(lower) == len(calls):
+    if lower and len(lower) == len(calls):
         v = "Sharing costs bpb at every depth measured: the flat model of the same depth is better at the same tokens."
-    elif higher and not lower and len(higher) == len(calls):
+    elif higher and len(higher) == len(calls):
         v = "The looped model beats the flat one of the same depth at every L measured."
     elif lower or higher:
         names = lambda Ls: ", ".join(f"L{L}" for L in Ls) or "none"  # noqa: E731
@@ -361,20 +361,20 @@ def extrapolation_verdict(ext: pd.DataFrame, trained_loops: int, metric: str = "
     if sub.empty or sub["loop_sampling"].nunique() < 2 or "fixed" not in set(sub["loop_sampling"]):
         return "Need a fixed-count and a random-count model evaluated at several loop counts."
     deep = int(sub["eval_loops"].max())
+    # each seed's change from the trained to the deepest loop count, one column per mode
+    wide = sub[sub["eval_loops"].isin([deep, trained_loops])].pivot_table(
+        index=["loop_sampling", "seed"], columns="eval_loops", values=metric)
+    change = (wide[deep] - wide[trained_loops]).unstack("loop_sampling")
     lines, est = [], {}
     for mode, g in sub.groupby("loop_sampling"):
         per = g.groupby("eval_loops")[metric].mean()
-        est[mode] = d = paired_diff(g, metric, by="eval_loops", a=deep, b=trained_loops)
+        est[mode] = d = mean_ci(change[mode].dropna().tolist())
         lines.append(f"- {mode}: " + ", ".join(f"{int(k)} loops {v:.4f}" for k, v in per.items())
                      + f"; {deep} - {trained_loops} loops {d} bpb")
     rises = {m: not math.isnan(e.lo) and e.lo > 0 for m, e in est.items()}
     holds = {m: not math.isnan(e.hi) and e.hi < margin for m, e in est.items()}
     sampled = [m for m in est if m != "fixed"]
-    # how much less each random-count model degrades than the fixed one, paired by seed
-    change = sub[sub["eval_loops"].isin([deep, trained_loops])].pivot_table(
-        index=["loop_sampling", "seed"], columns="eval_loops", values=metric)
-    change = (change[deep] - change[trained_loops]).unstack("loop_sampling")
-    less = {}
+    less = {}  # how much less each random-count model degrades than the fixed one, paired by seed
     for m in sampled:
         d = mean_ci((change[m] - change["fixed"]).dropna().tolist())
         less[m] = not math.isnan(d.hi) and d.hi < 0

@@ -40,8 +40,11 @@ workbook-cpu: data
 bench: setup
 	$(PY) benchmarks/bench.py
 
+# Two test processes (pytest-xdist), each test file on one of them, so a file's module fixtures (the
+# smoke workbook, the checkout copy) are built once: most tests wait on subprocesses that start torch.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -242,6 +242,7 @@ def test_quant_loop_verdict_every_branch(per_app: dict, probe: pd.DataFrame | No
     text = quant_loop_verdict(quant_loop_df(per_app), 4, probe)
     assert expect in text, text
     assert "- shared: gap per application, L = 6 minus L = 1" in text
+    assert "- hybrid - shared gap at L = 1:" in text and "- hybrid - shared gap at L = 6:" in text
 
 
 def test_quant_loop_verdict_with_one_seed_reads_the_bootstrap_intervals() -> None:

@@ -183,3 +183,5 @@ def test_the_quant_loops_design_with_lengths_and_a_second_seed(tiny_data: Path, 
     nb = json.loads((tmp_path / "smoke" / "20_quant_gap_hybrid.ipynb").read_text())
     printed = "".join("".join(o["text"]) for c in nb["cells"] for o in c.get("outputs", []) if o.get("name") == "stdout")
     assert "- shared: int4 gap 2 steps" in printed and "gap per application, L = 2 minus L = 1" in printed
+    figures = {c.get("id"): sum("image/png" in o.get("data", {}) for o in c.get("outputs", [])) for c in nb["cells"]}
+    assert figures["gap-vs-loops"] == 2  # the gap against loop count and against training length

@@ -37,3 +37,16 @@ def test_xy_error_bars_are_the_95_percent_t_interval_and_axes_have_names() -> No
     assert ax.get_xlabel() == "loop count L" and ax.get_ylabel() == "val bpb"
     ax2 = xy(df, "loops", "final_val_bpb", line=False)
     assert len(ax2.lines[-1].get_xdata()) == 6  # every run a marker
+
+
+def test_xy_draws_a_single_runs_own_interval_when_the_table_has_one() -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from recur_lib.lab.plots import xy
+    df = pd.DataFrame({"loops": [1, 1, 2], "quant_gap": [0.010, 0.012, 0.020],
+                       "quant_gap_lo": [0.0, 0.0, 0.017], "quant_gap_hi": [0.1, 0.1, 0.024]})
+    segments = xy(df, "loops", "quant_gap").containers[0].lines[2][0].get_segments()
+    (_, lo1), (_, hi1) = segments[0]
+    assert hi1 - lo1 < 0.05  # two runs: their t interval, not the runs' own intervals
+    (_, lo2), (_, hi2) = segments[1]
+    assert (lo2, hi2) == (pytest.approx(0.017), pytest.approx(0.024))  # one run: its bootstrap interval

@@ -655,6 +655,10 @@ def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None =
                 per[f"per_application_{side}"] = g[f"quant_gap_{side}"] / g["reuse"]
         growth[arch], how = _run_diff(per, "per_application", "loops", hi, lo)
         lines.append(f"- {arch}: gap per application, L = {hi} minus L = {lo}: {growth[arch]} bpb ({how})")
+    if {"shared", "hybrid"} <= set(sub["arch"]):  # #341's fix at matched reuse: does the hybrid's lead widen in L?
+        for L in (lo, hi):
+            d, how = _run_diff(sub[sub["loops"] == L], "quant_gap", "arch", "hybrid", "shared")
+            lines.append(f"- hybrid - shared gap at L = {L}: {d} bpb ({how})")
     superadd = error_grows = None
     if probe is not None and not probe.empty:
         p = probe[probe["bits"] == bits]

@@ -149,19 +149,31 @@ AXIS_LABELS = {"final_val_bpb": "val bpb", "float_bpb": "val bpb (float weights)
 def xy(df: pd.DataFrame, x: str, y: str, by: str | None = None, ax: Any = None, err: bool = True,
        line: bool = True) -> Any:
     """y against x, one series per `by` group: the mean over the runs at each x with its 95% t interval
-    as error bars (`stats.mean_ci`; none where a single run stands behind a point). `line=False` draws
-    every run as a marker instead (for x values that do not form a series, such as each run's FLOPs)."""
+    as error bars (`stats.mean_ci`). Where a single run stands behind a point, its own interval from
+    columns `<y>_lo`/`<y>_hi` when the table has them (a within-run bootstrap, e.g. the quantization
+    gap's over eval windows), else none. `line=False` draws every run as a marker instead (for x values
+    that do not form a series, such as each run's FLOPs)."""
     ax = _ax(ax)
     groups: Sequence[tuple[Any, pd.DataFrame]] = list(df.groupby(by, sort=False)) if by else [("", df)]
+    lo, hi = f"{y}_lo", f"{y}_hi"
     for name, g in groups:
         g = g.dropna(subset=[y])
         if not line:
             ax.plot(g[x], g[y], "o", alpha=0.8, label=str(name))
             continue
-        est = g.groupby(x)[y].apply(lambda v: mean_ci(v.tolist()))
-        mean = np.array([e.mean for e in est])
-        half = np.array([0.0 if np.isnan(e.hi) else e.hi - e.mean for e in est])
-        ax.errorbar(est.index, mean, yerr=half if err else None, marker="o", capsize=3, label=str(name))
+        xs, mean, below, above = [], [], [], []
+        for xv, v in g.groupby(x):
+            e = mean_ci(v[y].tolist())
+            xs.append(xv)
+            mean.append(e.mean)
+            if len(v) == 1 and {lo, hi} <= set(v.columns) and not v[[lo, hi]].isna().any(axis=None):
+                below.append(e.mean - float(v[lo].iloc[0]))
+                above.append(float(v[hi].iloc[0]) - e.mean)
+            else:
+                half = 0.0 if np.isnan(e.hi) else e.hi - e.mean
+                below.append(half)
+                above.append(half)
+        ax.errorbar(xs, mean, yerr=[below, above] if err else None, marker="o", capsize=3, label=str(name))
     ax.set_xlabel(AXIS_LABELS.get(x, x))
     ax.set_ylabel(AXIS_LABELS.get(y, y))
     if by:

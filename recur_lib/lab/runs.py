@@ -166,6 +166,13 @@ def _job_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-c", _FOLLOW_PARENT, module, *args]
 
 
+def _say(line: str) -> None:
+    """One status line in a single write: print() writes the text and its newline separately, and lines
+    from a sweep's threads then run together."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], quiet: bool) -> tuple[int, str]:
     """Run cmd, echoing its output lines into the notebook (and a log file); returns (rc, tail). Call it
     in the thread that waits for the job: on Linux the job's death signal follows the starting thread."""
@@ -293,7 +300,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         done = _checkpoint_step(run_dir / "ckpt.pt")
         how = ("resuming" + (f" from step {done}" if done else "")) if (run_dir / "ckpt.pt").exists() and not force \
             else "training"
-        print(f"[{label}] {how} in {project_relative(run_dir)}", flush=True)
+        _say(f"[{label}] {how} in {project_relative(run_dir)}")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "launch.json", cfg.to_json() + "\n")
         train_args = ["train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
@@ -316,7 +323,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         status, ev, etail = run_evaluation(run_dir, quiet=quiet, threads=threads)
         tail += etail
     rec = RunRecord(run_dir, status, cfg, summary, ev, reused, tail)
-    print(f"[{label}] {_outcome(rec, None if started is None else time.monotonic() - started)}", flush=True)
+    _say(f"[{label}] {_outcome(rec, None if started is None else time.monotonic() - started)}")
     return rec
 
 
@@ -380,7 +387,7 @@ def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str |
             row.update(rec.row())
         except ConfigError as e:
             row.update({"status": "invalid_config", "error": str(e)})
-            print(f"[{arm.name} seed {seed}] invalid config: {e}", flush=True)
+            _say(f"[{arm.name} seed {seed}] invalid config: {e}")
         return row
 
     return pd.DataFrame(_pool_map(one, jobs, parallel))
@@ -422,7 +429,7 @@ def evaluate_variants(df: pd.DataFrame, variants: Arms | Callable[[Config], Arms
         else:
             row["error"] = tail.strip().splitlines()[-1] if tail.strip() else status
             line = f"{status}: {row['error']} (log: {project_relative(Path(r['run_dir']) / 'stdout.log')})"
-        print(f"[{Path(r['run_dir']).name} {v.name}] {line}", flush=True)  # one line per evaluation
+        _say(f"[{Path(r['run_dir']).name} {v.name}] {line}")  # one line per evaluation
         return row
 
     return pd.DataFrame(_pool_map(one, jobs, parallel))

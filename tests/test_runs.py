@@ -130,6 +130,8 @@ def test_arm_labels_become_columns_and_variants_evaluate_in_subprocesses(tiny_da
     mtime = saved.stat().st_mtime_ns
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 6 and sum("int6] val_bpb" in line for line in printed) == 2, printed
+    assert sorted(line.split()[0] for line in printed) == [f"{i}/6" for i in range(1, 7)]  # the progress bar
+    assert printed[-1].startswith("6/6 " + "█" * 12 + " [")
     assert any("nodata] eval_failed" in line and "stdout.log" in line for line in printed)
     again = evaluate_variants(df, variants[:1], quiet=True)
     assert again["quant_gap"].tolist() == ok["quant_gap"].tolist() and saved.stat().st_mtime_ns == mtime  # reused
@@ -267,3 +269,12 @@ def test_load_metrics_leaves_out_a_torn_last_line(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 1\n{"step": 2, "train_loss": 5.0}\n')
     with pytest.raises(ValueError, match="metrics.jsonl: line 1"):
         load_metrics(tmp_path)
+
+
+def test_the_progress_bar_counts_ended_jobs() -> None:
+    from recur_lib.lab.runs import Progress
+    p = Progress(4, width=8)
+    assert p.bar() == "0/4 ░░░░░░░░ "
+    assert p.bar(ended=True) == "1/4 ██░░░░░░ " and p.bar() == "1/4 ██░░░░░░ "
+    assert [p.bar(ended=True) for _ in range(3)][-1] == "4/4 ████████ "
+    assert Progress(12).bar(ended=True).startswith(" 1/12 ")  # the count keeps its width

@@ -1,4 +1,5 @@
-"""The experiment runner: jobs launched from Python (a notebook cell) as torchrun subprocesses.
+"""The experiment runner: jobs launched from Python (a notebook cell) as subprocesses (under torchrun
+when a job has several processes).
 
     rec = launch(cfg, runs_dir="runs/workbook")                 # train (+ eval), streamed into the cell
     df = sweep(base, {"schedule.n_loops": [1, 2, 4]}, seeds=[0, 1, 2])
@@ -25,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,6 +175,23 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+class Progress:
+    """The bar that leads each status line of a sweep: jobs ended out of all. It is drawn in the line
+    itself, so a notebook's output (and its published copy) keeps one line per event; a separate
+    live bar would leave a copy of itself between every two lines of the stored output."""
+
+    def __init__(self, total: int, width: int = 12) -> None:
+        self.total, self.width, self.done = max(total, 1), width, 0
+        self._lock = threading.Lock()
+
+    def bar(self, ended: bool = False) -> str:
+        """The bar as of now, counting one more ended job when `ended`."""
+        with self._lock:
+            self.done += ended
+            filled = self.width * self.done // self.total
+            return f"{self.done:>{len(str(self.total))}}/{self.total} {'█' * filled}{'░' * (self.width - filled)} "
+
+
 def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], quiet: bool) -> tuple[int, str]:
     """Run cmd, echoing its output lines into the notebook (and a log file); returns (rc, tail). Call it
     in the thread that waits for the job: on Linux the job's death signal follows the starting thread."""
@@ -273,13 +292,15 @@ def _checkpoint_step(path: Path) -> int | None:
 
 
 def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = None, evaluate: bool = True,
-           force: bool = False, quiet: bool = False, threads: int | None = None, label: str | None = None) -> RunRecord:
+           force: bool = False, quiet: bool = False, threads: int | None = None, label: str | None = None,
+           progress: Progress | None = None) -> RunRecord:
     """Train (and evaluate) one config as a subprocess; reuse a finished run, resume an unfinished one.
 
     Prints a line when the job starts and one when the run ends (status, steps, val_bpb), each led by
     `[label]` (default: run name and seed). The job's own output goes to RUN_DIR/stdout.log and, unless
     `quiet`, into the cell as well.
     `threads`: CPU threads per process (default: the cores shared among the nproc processes).
+    `progress`: a sweep's bar, leading both lines (the end line counts this run as ended).
     Never raises for a failing job: the record says `failed` and carries the log tail.
     """
     label = label or f"{cfg.run.name} seed {cfg.run.seed}"
@@ -300,7 +321,7 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         done = _checkpoint_step(run_dir / "ckpt.pt")
         how = ("resuming" + (f" from step {done}" if done else "")) if (run_dir / "ckpt.pt").exists() and not force \
             else "training"
-        _say(f"[{label}] {how} in {project_relative(run_dir)}")
+        _say(f"{progress.bar() if progress else ''}[{label}] {how} in {project_relative(run_dir)}")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "launch.json", cfg.to_json() + "\n")
         train_args = ["train", "--config", str(run_dir / "launch.json"), "--run-dir", str(run_dir),
@@ -323,7 +344,8 @@ def launch(cfg: Config, runs_dir: str | Path = "runs", *, nproc: int | None = No
         status, ev, etail = run_evaluation(run_dir, quiet=quiet, threads=threads)
         tail += etail
     rec = RunRecord(run_dir, status, cfg, summary, ev, reused, tail)
-    _say(f"[{label}] {_outcome(rec, None if started is None else time.monotonic() - started)}")
+    _say(f"{progress.bar(ended=True) if progress else ''}[{label}] "
+         f"{_outcome(rec, None if started is None else time.monotonic() - started)}")
     return rec
 
 
@@ -369,13 +391,14 @@ def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str |
           quiet: bool = False) -> pd.DataFrame:
     """Every arm x seed; one row per run with the arm's name, overrides and labels as columns. A bad arm
     (invalid config, crash, divergence) is a row too. Each run prints `[arm seed N]` lines as `launch`
-    does (`quiet`: those lines only, not the training output).
+    does, led by the sweep's progress bar (`quiet`: those lines only, not the training output).
 
     `parallel` jobs run at once, the cores split between them (on 2 CPU cores, 2 one-thread jobs
     of the quick model train ~1.25x faster in total than one two-thread job).
     """
     threads = _threads_per_process(nproc, parallel) if parallel > 1 else None
     jobs = [(arm, seed) for arm in as_arms(grid) for seed in seeds]
+    progress = Progress(len(jobs))
 
     def one(job: tuple[Arm, int]) -> dict[str, Any]:
         arm, seed = job
@@ -383,11 +406,11 @@ def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str |
         try:
             cfg = base.override({**arm.overrides, "run.seed": seed, "run.name": _slug(arm.name)})
             rec = launch(cfg, runs_dir, nproc=nproc, evaluate=evaluate, force=force, quiet=quiet, threads=threads,
-                         label=f"{arm.name} seed {seed}")
+                         label=f"{arm.name} seed {seed}", progress=progress)
             row.update(rec.row())
         except ConfigError as e:
             row.update({"status": "invalid_config", "error": str(e)})
-            _say(f"[{arm.name} seed {seed}] invalid config: {e}")
+            _say(f"{progress.bar(ended=True)}[{arm.name} seed {seed}] invalid config: {e}")
         return row
 
     return pd.DataFrame(_pool_map(one, jobs, parallel))
@@ -414,6 +437,7 @@ def evaluate_variants(df: pd.DataFrame, variants: Arms | Callable[[Config], Arms
         saved = Config.load(Path(r["run_dir"]) / "config.json")
         for v in as_arms(variants(saved) if callable(variants) else variants):
             jobs.append((r, v))
+    progress = Progress(len(jobs))
 
     def one(job: tuple[pd.Series, Arm]) -> dict[str, Any]:
         r, v = job
@@ -429,7 +453,7 @@ def evaluate_variants(df: pd.DataFrame, variants: Arms | Callable[[Config], Arms
         else:
             row["error"] = tail.strip().splitlines()[-1] if tail.strip() else status
             line = f"{status}: {row['error']} (log: {project_relative(Path(r['run_dir']) / 'stdout.log')})"
-        _say(f"[{Path(r['run_dir']).name} {v.name}] {line}")  # one line per evaluation
+        _say(f"{progress.bar(ended=True)}[{Path(r['run_dir']).name} {v.name}] {line}")  # one line per evaluation
         return row
 
     return pd.DataFrame(_pool_map(one, jobs, parallel))

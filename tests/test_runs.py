@@ -278,3 +278,33 @@ def test_the_progress_bar_counts_ended_jobs() -> None:
     assert p.bar(ended=True) == "1/4 ██░░░░░░ " and p.bar() == "1/4 ██░░░░░░ "
     assert [p.bar(ended=True) for _ in range(3)][-1] == "4/4 ████████ "
     assert Progress(12).bar(ended=True).startswith(" 1/12 ")  # the count keeps its width
+
+
+def test_an_interrupted_parallel_sweep_stops_its_jobs_with_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
+    """Ctrl-C (a kernel interrupt) in a sweep running two jobs at once: the two running jobs stop at a
+    step boundary and write checkpoints, the queued one never starts, and the interrupt reaches the
+    caller within seconds rather than after the runs."""
+    import threading
+    cfg = base(tiny_data, **{"train.iterations": 5000, "train.log_every": 1})
+
+    def interrupt_once_both_train() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            dirs = list(tmp_path.glob("*/metrics.jsonl"))
+            if len(dirs) == 2 and all(len(_train_steps(d.parent)) >= 3 for d in dirs):
+                break
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # as a kernel interrupt does; it wakes the waiting main thread
+
+    threading.Thread(target=interrupt_once_both_train, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sweep(cfg, {"schedule.n_loops": [1, 2, 3]}, seeds=[0], runs_dir=tmp_path, evaluate=False, quiet=True,
+              parallel=2)
+    assert time.monotonic() - started < 100  # the runs themselves take minutes
+    folders = sorted(d for d in tmp_path.iterdir() if d.is_dir())
+    assert [d.name.split("-")[0] for d in folders] == ["n_loops=1", "n_loops=2"]  # n_loops=3 never started
+    for d in folders:
+        s = json.loads((d / "summary.json").read_text())
+        assert (s["status"], s["reason"]) == ("interrupted", "SIGINT") and s["steps"] < 5000, s
+        assert (d / "ckpt.pt").exists() and s["checkpoint_step"] == s["steps"]

@@ -192,12 +192,27 @@ class Progress:
             return f"{self.done:>{len(str(self.total))}}/{self.total} {'█' * filled}{'░' * (self.width - filled)} "
 
 
+# The jobs running now, and whether an interrupted sweep is stopping them: `_pool_map` asks each to
+# stop (it writes its checkpoint) and no new one starts.
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+_stopping = threading.Event()
+
+
 def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], quiet: bool) -> tuple[int, str]:
     """Run cmd, echoing its output lines into the notebook (and a log file); returns (rc, tail). Call it
-    in the thread that waits for the job: on Linux the job's death signal follows the starting thread."""
+    in the thread that waits for the job: on Linux the job's death signal follows the starting thread.
+    The job gets a session of its own, so a signal to the notebook's process group (a terminal's Ctrl-C)
+    does not reach it beside the one the runner sends: a second signal would interrupt the job inside a
+    step, where no checkpoint can be written."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    with open(log_path, "a") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                                      env=env, cwd=PROJECT_ROOT, bufsize=1) as proc:
+    with _live_lock:
+        if _stopping.is_set():
+            raise KeyboardInterrupt
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=PROJECT_ROOT, bufsize=1, start_new_session=True)
+        _live.add(proc)
+    with open(log_path, "a") as log, proc:
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -210,6 +225,9 @@ def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], qu
             proc.send_signal(signal.SIGINT)  # the job writes a resumable checkpoint
             proc.wait(timeout=120)
             raise
+        finally:
+            with _live_lock:
+                _live.discard(proc)
 
 
 def _threads_per_process(nproc: int, jobs: int = 1) -> int | None:
@@ -380,10 +398,24 @@ def as_arms(grid: Arms) -> list[Arm]:
 
 
 def _pool_map(fn: Any, jobs: list[Any], parallel: int) -> list[Any]:
-    if parallel > 1:
-        with ThreadPoolExecutor(parallel) as pool:
-            return list(pool.map(fn, jobs))
-    return [fn(j) for j in jobs]
+    """fn over jobs, `parallel` at a time. An interrupt (Ctrl-C, a kernel interrupt) reaches only this
+    thread: the queued jobs are dropped and the running ones asked to stop, each writing its checkpoint,
+    before it is raised; a rerun resumes them."""
+    if parallel <= 1:
+        return [fn(j) for j in jobs]
+    _stopping.clear()
+    pool = ThreadPoolExecutor(parallel)
+    try:
+        return list(pool.map(fn, jobs))
+    except KeyboardInterrupt:
+        with _live_lock:
+            _stopping.set()
+            for proc in _live:
+                proc.send_signal(signal.SIGINT)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs", *,

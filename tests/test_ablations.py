@@ -219,9 +219,16 @@ def quant_loop_df(per_app: dict[int, list[float]], width: float | None = None) -
     return pd.DataFrame(rows)
 
 
-def probe_summary(superadd: float, first: float, last: float) -> pd.DataFrame:
-    return pd.DataFrame([{"arch": "shared", "scheme": "baseline", "bits": 4, "loops": 6, "superadditivity": superadd,
-                          "rel_error_first": first, "rel_error_last": last}])
+def probe_summary(superadd: float, first: float, last: float, half: float = 0.05) -> pd.DataFrame:
+    """The deepest shared run's probe, with a bootstrap interval of +-half on its ratio, and a rowmax
+    probe beside it that reads the opposite way (the verdict decides from the baseline quantizer)."""
+    row = {"arch": "shared", "scheme": "baseline", "bits": 4, "loops": 6, "superadditivity": superadd,
+           "superadditivity_lo": superadd - half, "superadditivity_hi": superadd + half,
+           "rel_error_first": first, "rel_error_last": last}
+    return pd.DataFrame([row, {**row, "scheme": "rowmax", "superadditivity": 2.4 - superadd,
+                               "superadditivity_lo": 2.4 - superadd - half, "superadditivity_hi": 2.4 - superadd + half,
+                               "rel_error_first": last, "rel_error_last": first},
+                         {**row, "loops": 1, "superadditivity": 1.0, "superadditivity_lo": 0.9, "superadditivity_hi": 1.1}])
 
 
 GROWS = {1: [0.001, 0.0012, 0.0011], 6: [0.004, 0.0045, 0.0042]}
@@ -231,7 +238,13 @@ SHRINKS = {1: [0.004, 0.0045, 0.0042], 6: [0.001, 0.0012, 0.0011]}
 @pytest.mark.parametrize("per_app, probe, expect", [
     (GROWS, probe_summary(1.5, 0.05, 0.2), "compounds through the loops"),
     (GROWS, probe_summary(1.0, 0.1, 0.05), "Inconclusive or mixed: gap per application higher; all-steps / summed "
-                                           "single-step 1.00 (compounding above 1.2); hidden-state error shrinks"),
+                                           "single-step 1.00 [0.95, 1.05], below 1.2, including 1 (additive); "
+                                           "hidden-state error shrinks"),
+    (GROWS, probe_summary(1.5, 0.05, 0.2, half=0.4), "single-step 1.50 [1.10, 1.90], above 1, unresolved against 1.2"),
+    (SHRINKS, probe_summary(1.19, 0.118, 0.046), "single-step 1.19 [1.14, 1.24], above 1, unresolved against 1.2"),
+    (SHRINKS, probe_summary(1.1, 0.118, 0.046, half=0.2), "unresolved (interval spans 1 and 1.2)"),
+    (SHRINKS, probe_summary(1.1, 0.118, 0.046, half=0.05), "below 1.2 but above 1 (mildly super-additive)"),
+    (SHRINKS, probe_summary(0.8, 0.118, 0.046), "sub-additive (interval below 1)"),
     (GROWS, None, "Inconclusive or mixed: gap per application higher"),
     (SHRINKS, probe_summary(1.0, 0.118, 0.046), "the first application of each weight dominates"),
     (SHRINKS, None, "No compounding"),
@@ -255,7 +268,10 @@ def test_quant_loop_verdict_with_one_seed_reads_the_bootstrap_intervals() -> Non
 def test_quant_loop_verdict_reads_the_probe() -> None:
     probe = pd.DataFrame([{"arch": "shared", "scheme": "rowmax", "bits": 4, "superadditivity": v} for v in (1.0, 1.1, 0.9)])
     text = quant_loop_verdict(quant_loop_df({1: [0.001] * 3, 2: [0.001] * 3}), 4, probe)
-    assert "- shared (rowmax): all-steps / summed single-step effect +1.0000 [" in text
+    assert "- shared (rowmax): all-steps / summed single-step effect: +1.0000 [" in text
+    listed = quant_loop_verdict(quant_loop_df({1: [0.001] * 3, 6: [0.001] * 3}), 4, probe_summary(1.19, 0.1, 0.05))
+    assert "- shared (baseline): all-steps / summed single-step effect: L = 1 1.00 [0.90, 1.10]; L = 6 1.19 [1.14, 1.24]" in listed
+    assert "- shared at its deepest L (baseline): hidden-state error 0.1 at the first step, 0.05 at the last" in listed
     assert quant_loop_verdict(quant_loop_df({1: [0.001]}), 4).startswith("Need int4 gaps")
 
 

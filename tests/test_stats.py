@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recur_lib.lab.stats import (Estimate, decide, gap_bootstrap, mean_ci, paired_diff, rate_ci, rate_diff_ci, t_cdf,
-                                 t_quantile)
+from recur_lib.lab.stats import (Estimate, decide, gap_bootstrap, mean_ci, paired_diff, ratio_bootstrap, rate_ci,
+                                 rate_diff_ci, t_cdf, t_quantile)
 
 
 @pytest.mark.parametrize("df, q975", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (10, 2.228139),
@@ -89,3 +89,16 @@ def test_rate_difference_is_newcombes() -> None:
     assert decide(d) == "higher" and decide(rate_diff_ci(0, 3, 3, 3)) == "lower"
     assert decide(rate_diff_ci(3, 3, 2, 3)) == decide(rate_diff_ci(0, 3, 0, 3)) == "inconclusive"
     assert rate_diff_ci(1, 0, 0, 3).n == 0
+
+
+def test_ratio_bootstrap_resolves_a_clear_ratio_and_not_a_denominator_near_zero() -> None:
+    rng = np.random.default_rng(0)
+    den = 1.0 + 0.1 * rng.standard_normal(200)
+    clear = ratio_bootstrap(1.5 * den + 0.01 * rng.standard_normal(200), den)
+    assert clear.mean == pytest.approx(1.5, abs=0.01) and clear.lo < clear.mean < clear.hi
+    assert decide(Estimate(clear.mean - 1.2, clear.lo - 1.2, clear.hi - 1.2, clear.n)) == "higher"
+    noisy = ratio_bootstrap(0.01 + rng.standard_normal(200), 0.001 + rng.standard_normal(200))
+    assert noisy.hi - noisy.lo > 10  # a denominator indistinguishable from 0: the ratio is not resolved
+    assert math.isnan(ratio_bootstrap([1.0], [2.0]).lo) and ratio_bootstrap([1.0], [2.0]).mean == 0.5
+    with pytest.raises(ValueError, match="alike"):
+        ratio_bootstrap([1.0, 2.0], [1.0])

@@ -631,16 +631,58 @@ def _run_diff(g: pd.DataFrame, value: str, by: str, a: object, b: object) -> tup
     return mean_ci([]), "no interval"
 
 
+# All-steps effect over the summed single-step effects above which errors count as compounding (the
+# design's criterion, written before the runs).
+SUPERADDITIVE = 1.2
+
+
+def per_application(df: pd.DataFrame) -> pd.DataFrame:
+    """quant_gap (and its window-bootstrap quant_gap_lo/_hi) divided by the number of times the shared
+    blocks run (`reuse`): flat when every application adds the same error, rising when errors compound."""
+    out = df.assign(per_application=df["quant_gap"] / df["reuse"])
+    for side in ("_lo", "_hi"):
+        if f"quant_gap{side}" in df:
+            out[f"per_application{side}"] = df[f"quant_gap{side}"] / df["reuse"]
+    return out
+
+
+def _superadd(row: pd.Series) -> Estimate:
+    """A probe summary row's all-steps / summed single-step ratio with its bootstrap interval (NaN
+    bounds for a probe table without one)."""
+    nan = float("nan")
+    return Estimate(float(row["superadditivity"]), float(row.get("superadditivity_lo", nan)),
+                    float(row.get("superadditivity_hi", nan)), int(row.get("n_seqs", 0) or 0), 0.95, "ratio")
+
+
+def _ratio_str(e: Estimate) -> str:
+    return f"{e.mean:.2f}" if math.isnan(e.lo) else f"{e.mean:.2f} [{e.lo:.2f}, {e.hi:.2f}]"
+
+
+def _ratio_reading(e: Estimate) -> str:
+    """What a super-additivity interval says against 1 (additive) and SUPERADDITIVE (compounding)."""
+    if math.isnan(e.lo):
+        return "no interval"
+    if e.lo > SUPERADDITIVE:
+        return f"super-additive beyond {SUPERADDITIVE} (compounding)"
+    if e.hi < 1:
+        return "sub-additive (interval below 1)"
+    if e.hi < SUPERADDITIVE:
+        return f"below {SUPERADDITIVE}" + (" but above 1 (mildly super-additive)" if e.lo > 1 else ", including 1 (additive)")
+    return (f"above 1, unresolved against {SUPERADDITIVE}" if e.lo > 1
+            else f"unresolved (interval spans 1 and {SUPERADDITIVE})")
+
+
 def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None = None) -> str:
     """Does the gap compound through loops? df: quant_table rows of `quant_loop_arms` runs (arch, loops,
     reuse, seed, bits, qat, quant_gap and its window-bootstrap quant_gap_lo/_hi). Three readings of the
     fully shared model, as the design names them: (1) the gap per application of the shared blocks at the
     most loops minus at the fewest (`_run_diff`): above 0, the gap grows faster than the number of
-    applications; (2) from `probe` (probes.probe_table's summary, deepest L): the all-steps effect over the
-    summed single-step effects, compounding above 1.2; (3) the hidden-state error at the last schedule step
-    against the first, compounding when it grows. Compounding when all three say so; none when (1) is
-    resolved below 0 and the probe reads additive (below 1.2) with a shrinking error; otherwise the parts
-    are listed as they fell."""
+    applications; (2) from `probe` (probes.probe_table's summary, deepest L, the baseline quantizer where
+    probed): the all-steps effect over the summed single-step effects, compounding when its bootstrap
+    interval over sequences lies above SUPERADDITIVE, not when it lies below; (3) the hidden-state error
+    at the last schedule step against the first, compounding when it grows. Compounding when all three
+    say so; none when (1) is resolved below 0 and the probe reads below SUPERADDITIVE with a shrinking
+    error; otherwise the parts are listed as they fell."""
     sub = df[(df["bits"] == bits) & (df["qat"] == "off")]
     if sub.empty or sub["loops"].nunique() < 2:
         return f"Need int{bits} gaps at two or more loop counts."
@@ -648,12 +690,8 @@ def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None =
              for (arch, L), g in sub.groupby(["arch", "loops"])]
     lo, hi = int(sub["loops"].min()), int(sub["loops"].max())
     growth = {}
-    for arch, g in sub.groupby("arch"):
-        per = g.assign(per_application=g["quant_gap"] / g["reuse"])
-        for side in ("lo", "hi"):
-            if f"quant_gap_{side}" in g:
-                per[f"per_application_{side}"] = g[f"quant_gap_{side}"] / g["reuse"]
-        growth[arch], how = _run_diff(per, "per_application", "loops", hi, lo)
+    for arch, g in per_application(sub).groupby("arch"):
+        growth[arch], how = _run_diff(g, "per_application", "loops", hi, lo)
         lines.append(f"- {arch}: gap per application, L = {hi} minus L = {lo}: {growth[arch]} bpb ({how})")
     if {"shared", "hybrid"} <= set(sub["arch"]):  # #341's fix at matched reuse: does the hybrid's lead widen in L?
         for L in (lo, hi):
@@ -663,21 +701,28 @@ def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None =
     if probe is not None and not probe.empty:
         p = probe[probe["bits"] == bits]
         for (arch, scheme), g in p.groupby(["arch", "scheme"]):
-            lines.append(f"- {arch} ({scheme}): all-steps / summed single-step effect "
-                         f"{mean_ci(g['superadditivity'].tolist())}")
-        deep = p[(p["arch"] == "shared") & (p["loops"] == p[p["arch"] == "shared"]["loops"].max())] \
-            if "loops" in p else p[p["arch"] == "shared"]
-        if not deep.empty:
-            superadd = float(deep["superadditivity"].mean())
-            if {"rel_error_first", "rel_error_last"} <= set(deep.columns):
-                first, last = float(deep["rel_error_first"].mean()), float(deep["rel_error_last"].mean())
+            each = "; ".join(f"L = {int(r['loops'])} {_ratio_str(_superadd(r))}" for _, r in g.sort_values("loops").iterrows()) \
+                if "loops" in g else str(mean_ci(g["superadditivity"].tolist()))
+            lines.append(f"- {arch} ({scheme}): all-steps / summed single-step effect: {each}")
+        shared_p = p[p["arch"] == "shared"]
+        if "loops" in shared_p:
+            shared_p = shared_p[shared_p["loops"] == shared_p["loops"].max()]
+        if "scheme" in shared_p and (shared_p["scheme"] == "baseline").any():  # the export's own quantizer
+            shared_p = shared_p[shared_p["scheme"] == "baseline"]
+        if not shared_p.empty:
+            deep = shared_p.iloc[0]
+            superadd = _superadd(deep)
+            if {"rel_error_first", "rel_error_last"} <= set(shared_p.columns):
+                first, last = float(deep["rel_error_first"]), float(deep["rel_error_last"])
                 error_grows = last > first
-                lines.append(f"- shared at its deepest L: hidden-state error {first:.3g} at the first step, "
-                             f"{last:.3g} at the last; all-steps / summed single-step {superadd:.2f}")
+                lines.append(f"- shared at its deepest L ({deep.get('scheme', 'its scheme')}): hidden-state error "
+                             f"{first:.3g} at the first step, {last:.3g} at the last; all-steps / summed "
+                             f"single-step {_ratio_str(superadd)}: {_ratio_reading(superadd)}")
     shared = growth.get("shared")
     d = "inconclusive" if shared is None else decide(shared)
-    probe_for = superadd is not None and superadd > 1.2 and error_grows is True
-    probe_against = superadd is not None and superadd <= 1.2 and error_grows is False
+    # compounding needs the ratio's interval above 1.2; additive error, its interval below 1.2
+    probe_for = superadd is not None and superadd.lo > SUPERADDITIVE and error_grows is True
+    probe_against = superadd is not None and superadd.hi < SUPERADDITIVE and error_grows is False
     if d == "higher" and probe_for:
         v = (f"The fully shared model's int{bits} error compounds through the loops, as #341 said: its gap grows "
              f"faster than the number of times its blocks run ({lo} -> {hi} loops), the effects are super-additive "
@@ -690,7 +735,7 @@ def quant_loop_verdict(df: pd.DataFrame, bits: int, probe: pd.DataFrame | None =
     else:
         parts = [f"gap per application {d}"]
         if superadd is not None:
-            parts.append(f"all-steps / summed single-step {superadd:.2f} (compounding above 1.2)")
+            parts.append(f"all-steps / summed single-step {_ratio_str(superadd)}, {_ratio_reading(superadd)}")
         if error_grows is not None:
             parts.append("hidden-state error " + ("grows" if error_grows else "shrinks") + " through the steps")
         v = "Inconclusive or mixed: " + "; ".join(parts)

@@ -29,6 +29,7 @@ import torch
 
 from ..config import Config
 from ..export import quantized_state_dict
+from .stats import ratio_bootstrap
 
 
 def quantized_blocks(model: torch.nn.Module, cfg: Config, bits: int, scheme: str | None = None) -> torch.nn.ModuleList:
@@ -59,14 +60,21 @@ class _Steps:
             return new
         return hook
 
-    def run(self, idx: torch.Tensor, targets: torch.Tensor, rule: Callable | None = None) -> tuple[float, list[torch.Tensor]]:
+    def run(self, idx: torch.Tensor, targets: torch.Tensor, rule: Callable | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Per-token losses (n_seqs, seq_len) and every step's output."""
         self.outputs, self.step, self.rule = [], 0, rule
-        loss = self.model(idx, targets).item()
+        loss = self.model(idx, targets, reduction="none").double()
         return loss, self.outputs
 
     def close(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+# Sequences the loss effects are averaged over. An int4 effect is ~0.03 nats; at 8 sequences of 128
+# tokens its standard error was ~0.006 and the ratio of two such effects changed sign between runs; 128
+# sequences bring the error to ~0.002 (measured on the cpu models).
+N_SEQS = 128
 
 
 def _batch(tokens: Any, seq_len: int, n_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,11 +92,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, scheme: str | None = None,
-                seq_len: int | None = None, n_seqs: int = 8, eps: float = 1e-3, seed: int = 0,
-                twin: torch.nn.ModuleList | None = None) -> pd.DataFrame:
+                seq_len: int | None = None, n_seqs: int = N_SEQS, eps: float = 1e-3, seed: int = 0,
+                twin: torch.nn.ModuleList | None = None, gain_seqs: int = 8) -> pd.DataFrame:
     """One row per schedule step (step, block, loop, role, rel_error, dloss_single, next_gain, end_gain);
-    `attrs` hold the float loss, the all-steps effect, the sum of single-step effects and their ratio
-    (superadditivity). `twin`: the blocks to swap in (default: quantized_blocks at bits/scheme)."""
+    `attrs` hold the float loss (nats per token, over n_tokens), the all-steps effect and the sum of
+    single-step effects with their standard errors over sequences, and their ratio (superadditivity)
+    with a bootstrap interval over sequences (superadditivity_lo/_hi). The gains use the first
+    `gain_seqs` sequences. `twin`: the blocks to swap in (default: quantized_blocks at bits/scheme)."""
     model.eval()
     twin = twin if twin is not None else quantized_blocks(model, cfg, bits, scheme)
     idx, targets = _batch(tokens, seq_len or cfg.eval.seq_len, n_seqs)
@@ -102,33 +112,51 @@ def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, sch
             return rule
 
         all_loss, hq = steps.run(idx, targets, quantize(None))
-        singles = [steps.run(idx, targets, quantize(k))[0] - base for k in range(len(h))]
+        # each effect per sequence (mean over its tokens), so the ratio can be bootstrapped over sequences
+        all_seq = (all_loss - base).mean(1)
+        single_seq = [(steps.run(idx, targets, quantize(k))[0] - base).mean(1) for k in range(len(h))]
+        # the loop gain is a property of the weights, not of the text: a few sequences measure it, and
+        # their own float pass is the reference (a smaller batch may round differently)
+        gi, gt = idx[:gain_seqs], targets[:gain_seqs]
+        _, hg = steps.run(gi, gt)
         gen = torch.Generator().manual_seed(seed)
         next_gain, end_gain = [], []
-        for k in range(len(h)):
-            delta = torch.randn(h[k].shape, generator=gen)
-            delta *= eps * h[k].float().norm() / delta.norm()
+        for k in range(len(hg)):
+            delta = torch.randn(hg[k].shape, generator=gen)
+            delta *= eps * hg[k].float().norm() / delta.norm()
 
             def perturb(i: int, block: int, args: tuple, out: torch.Tensor, k: int = k) -> torch.Tensor | None:
                 return out + delta.to(out.dtype) if i == k else None
 
-            _, hp = steps.run(idx, targets, perturb)
+            _, hp = steps.run(gi, gt, perturb)
             size = delta.norm().item()
-            next_gain.append((hp[k + 1] - h[k + 1]).float().norm().item() / size if k + 1 < len(h) else math.nan)
-            end_gain.append((hp[-1] - h[-1]).float().norm().item() / size)
+            next_gain.append((hp[k + 1] - hg[k + 1]).float().norm().item() / size if k + 1 < len(hg) else math.nan)
+            end_gain.append((hp[-1] - hg[-1]).float().norm().item() / size)
     finally:
         steps.close()
     sched = model.schedule()
     t = pd.DataFrame({"step": range(len(h)), "block": [s.block for s in sched], "loop": [s.loop for s in sched],
                       "role": [s.role for s in sched], "rel_error": [_rel(a, b) for a, b in zip(hq, h)],
-                      "dloss_single": singles, "next_gain": next_gain, "end_gain": end_gain})
-    total, parts = all_loss - base, float(np.sum(singles))
-    t.attrs.update({"bits": bits, "scheme": scheme or cfg.quant.scheme, "float_loss": base, "dloss_all": total,
-                    "dloss_sum_single": parts, "superadditivity": total / parts if parts else math.nan})
+                      "dloss_single": [v.mean().item() for v in single_seq], "next_gain": next_gain,
+                      "end_gain": end_gain})
+    parts_seq = torch.stack(single_seq).sum(0)
+    total, parts = all_seq.mean().item(), parts_seq.mean().item()
+    ratio = ratio_bootstrap(all_seq.numpy(), parts_seq.numpy(), seed=seed)
+    t.attrs.update({"bits": bits, "scheme": scheme or cfg.quant.scheme, "float_loss": base.mean().item(),
+                    "n_seqs": base.shape[0], "n_tokens": base.numel(), "dloss_all": total, "dloss_all_se": _se(all_seq),
+                    "dloss_sum_single": parts, "dloss_sum_single_se": _se(parts_seq),
+                    "superadditivity": total / parts if parts else math.nan,
+                    "superadditivity_lo": ratio.lo, "superadditivity_hi": ratio.hi})
     return t
 
 
-def probe_run(run_dir: str, bits: int, scheme: str | None = None, n_seqs: int = 8) -> pd.DataFrame:
+def _se(per_seq: torch.Tensor) -> float:
+    """Standard error of a mean over sequences (NaN for one sequence)."""
+    n = per_seq.numel()
+    return per_seq.std().item() / math.sqrt(n) if n > 1 else math.nan
+
+
+def probe_run(run_dir: str, bits: int, scheme: str | None = None, n_seqs: int = N_SEQS) -> pd.DataFrame:
     """quant_probe on a finished run's weights (model.pt) and the first val tokens of its data."""
     from ..data.dataset import open_data
     from ..data.loader import load_tokens
@@ -144,17 +172,18 @@ def probe_run(run_dir: str, bits: int, scheme: str | None = None, n_seqs: int = 
 
 
 def probe_table(runs: pd.DataFrame, bits: list[int], schemes: tuple[str | None, ...] = (None,),
-                n_seqs: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+                n_seqs: int = N_SEQS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every finished run of a sweep table x bits x scheme: (per-step rows, one summary row per probe
     with the all-steps effect, the sum of single-step effects and their ratio). The sweep's columns
     (arm, seed and the arm's labels) are carried into both."""
     keep = [c for c in runs.columns if c not in ("status", "run_dir") and runs[c].map(
         lambda v: isinstance(v, (str, int, float, bool)) or v is None).all()]
-    steps, summary = [], []
+    steps, summary, done = [], [], {}
     for _, r in runs[runs["status"] == "finished"].iterrows():
         for b in bits:
-            for scheme in schemes:
-                t = probe_run(r["run_dir"], b, scheme, n_seqs)
+            for scheme in schemes:  # a run listed under two arms (one run, two designs) is probed once
+                key = (str(r["run_dir"]), b, scheme)
+                t = done[key] = done[key] if key in done else probe_run(r["run_dir"], b, scheme, n_seqs)
                 tag = {**{c: r[c] for c in keep}, "bits": b, "scheme": t.attrs["scheme"]}
                 steps.append(t.assign(**tag))
                 summary.append({**tag, **{k: v for k, v in t.attrs.items() if k not in ("bits", "scheme")},

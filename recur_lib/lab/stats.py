@@ -4,6 +4,7 @@
     d.ci                      # (lo, hi), t-based 95%
     decide(d)                 # "lower" | "higher" | "inconclusive"
     gap_bootstrap(nll_f, nll_q, nbytes)                                    # a bpb gap's CI within one run
+    ratio_bootstrap(num, den)  # sum(num) / sum(den) over blocks, bootstrap CI (the probe's super-additivity)
     rate_ci(k, n)             # a divergence rate's Wilson interval
     rate_diff_ci(k1, n1, k2, n2)   # two rates' difference, Newcombe's interval
 
@@ -174,6 +175,27 @@ def gap_bootstrap(nll_float: Sequence[float] | np.ndarray, nll_quant: Sequence[f
     window or a document): its summed nll in nats under each weight set and its target bytes."""
     gap, lo, hi = _gap_bootstrap(nll_float, nll_quant, nbytes, n_boot, level, seed)
     return Estimate(gap, lo, hi, len(nbytes), level, "bpb gap")
+
+
+def ratio_bootstrap(num: Sequence[float] | np.ndarray, den: Sequence[float] | np.ndarray, n_boot: int = 2000,
+                    level: float = 0.95, seed: int = 0) -> Estimate:
+    """sum(num) / sum(den) over blocks (sequences) with a percentile bootstrap interval over the blocks:
+    the two sums move together on a hard block, so the ratio is resampled as a pair. Where the
+    denominator's own interval reaches 0, the ratio's interval runs off towards +-infinity, which is the
+    honest reading: the ratio is not resolved. Fewer than two blocks: no interval."""
+    a, b = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"ratio_bootstrap: num and den must be 1-d and alike, got {a.shape} and {b.shape}")
+    total = float(b.sum())
+    point = float(a.sum()) / total if total else float("nan")
+    if len(a) < 2:
+        return Estimate(point, float("nan"), float("nan"), len(a), level, "ratio")
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = a[idx].sum(1) / b[idx].sum(1)
+    r = r[~np.isnan(r)]
+    lo, hi = np.quantile(r, [0.5 - level / 2, 0.5 + level / 2]) if len(r) else (float("nan"),) * 2
+    return Estimate(point, float(lo), float(hi), len(a), level, "ratio")
 
 
 # -- decisions -------------------------------------------------------------------------------------------

@@ -308,3 +308,19 @@ def test_an_interrupted_parallel_sweep_stops_its_jobs_with_checkpoints(tiny_data
         s = json.loads((d / "summary.json").read_text())
         assert (s["status"], s["reason"]) == ("interrupted", "SIGINT") and s["steps"] < 5000, s
         assert (d / "ckpt.pt").exists() and s["checkpoint_step"] == s["steps"]
+    # the interrupt was this sweep's: the next run in the same kernel trains
+    after = sweep(base(tiny_data, **{"train.iterations": 2}), {"schedule.n_loops": [1]}, seeds=[0],
+                  runs_dir=tmp_path / "after", evaluate=False, quiet=True)
+    assert list(after["status"]) == ["finished"]
+
+
+def test_a_job_whose_log_cannot_be_opened_never_starts(tmp_path: Path) -> None:
+    from recur_lib.lab import runs as runs_mod
+    marker = tmp_path / "started"
+    cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close()"]
+    with pytest.raises(OSError):
+        runs_mod._stream(cmd, tmp_path / "missing" / "stdout.log", "", dict(os.environ), quiet=True)
+    time.sleep(0.5)
+    assert not marker.exists() and not runs_mod._live
+    rc, _ = runs_mod._stream(cmd, tmp_path / "stdout.log", "", dict(os.environ), quiet=True)
+    assert rc == 0 and marker.exists() and not runs_mod._live

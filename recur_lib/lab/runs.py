@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, TextIO, Union
 
 import pandas as pd
 
@@ -205,14 +205,20 @@ def _stream(cmd: list[str], log_path: Path, prefix: str, env: dict[str, str], qu
     The job gets a session of its own, so a signal to the notebook's process group (a terminal's Ctrl-C)
     does not reach it beside the one the runner sends: a second signal would interrupt the job inside a
     step, where no checkpoint can be written."""
+    with open(log_path, "a") as log:  # opened first: a log that cannot be written starts no job
+        with _live_lock:
+            if _stopping.is_set():
+                raise KeyboardInterrupt
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                    cwd=PROJECT_ROOT, bufsize=1, start_new_session=True)
+            _live.add(proc)
+        return _follow(proc, log, prefix, quiet)
+
+
+def _follow(proc: subprocess.Popen, log: TextIO, prefix: str, quiet: bool) -> tuple[int, str]:
+    """Copy a running job's output into its log (and the notebook), wait for it, and forget it."""
     tail: collections.deque[str] = collections.deque(maxlen=40)
-    with _live_lock:
-        if _stopping.is_set():
-            raise KeyboardInterrupt
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=PROJECT_ROOT, bufsize=1, start_new_session=True)
-        _live.add(proc)
-    with open(log_path, "a") as log, proc:
+    with proc:
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -412,10 +418,10 @@ def _pool_map(fn: Any, jobs: list[Any], parallel: int) -> list[Any]:
             _stopping.set()
             for proc in _live:
                 proc.send_signal(signal.SIGINT)
-        pool.shutdown(wait=True, cancel_futures=True)
         raise
-    finally:
-        pool.shutdown(wait=True)
+    finally:  # after an interrupt: the queued jobs never start, the running ones end with their checkpoints
+        pool.shutdown(wait=True, cancel_futures=_stopping.is_set())
+        _stopping.clear()  # every job has ended: the next launch in this kernel runs
 
 
 def sweep(base: Config, grid: Arms, seeds: Sequence[int] = (0,), runs_dir: str | Path = "runs", *,

@@ -50,3 +50,22 @@ def test_xy_draws_a_single_runs_own_interval_when_the_table_has_one() -> None:
     assert hi1 - lo1 < 0.05  # two runs: their t interval, not the runs' own intervals
     (_, lo2), (_, hi2) = segments[1]
     assert (lo2, hi2) == (pytest.approx(0.017), pytest.approx(0.024))  # one run: its bootstrap interval
+
+
+def test_smoothed_curves_are_what_the_divergence_monitor_reads(tmp_path) -> None:
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    from recur_lib.lab.plots import curves
+    from recur_lib.train import LossWatch, watch_loss
+    losses = [6.9, 5.0, 4.8, 15.0, 14.0, 4.6, 4.5, 4.4]  # a data spike at steps 4-5
+    rows = [{"step": i + 1, "train_loss": v} for i, v in enumerate(losses)]
+    rows.insert(4, {"step": 5, "train_loss": 99.0})  # logged before an interruption; the resumed run's value wins
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ax = curves(pd.DataFrame({"arm": ["a"], "run_dir": [str(tmp_path)]}), smooth=True)
+    w, ema = LossWatch(), []
+    for v in losses:
+        w, _ = watch_loss(w, v, rel_nats=0, patience=50)
+        ema.append(w.ema)
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx(ema)
+    assert ax.get_ylabel().startswith("smoothed train loss")

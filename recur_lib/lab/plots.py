@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
+from ..train import LOSS_EMA_ALPHA
 from .runs import load_metrics
 from .stats import mean_ci
 
@@ -40,16 +41,19 @@ def aligned(series: Sequence[pd.Series]) -> pd.DataFrame:
 
 
 def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: Any = None,
-           logy: bool = False) -> Any:
+           logy: bool = False, smooth: bool = False) -> Any:
     """Mean curve per arm over its seeds, aligned by step, with a min-max band; one line per arm.
-    Where a seed has no value the line breaks (`aligned`)."""
+    Where a seed has no value the line breaks (`aligned`). `smooth`: each run's curve through the
+    divergence monitor's EMA (train.LOSS_EMA_ALPHA), the loss its instability statistics read."""
     ax = _ax(ax)
     for arm, runs in df.groupby(by, sort=False):
         series = []
         for run_dir in runs["run_dir"].dropna():
             m = load_metrics(run_dir)
             if metric in m:
-                series.append(m.dropna(subset=[metric]).set_index("step")[metric])
+                s = m.dropna(subset=[metric]).set_index("step")[metric]
+                s = s[~s.index.duplicated(keep="last")]  # a resumed run logs its last steps again
+                series.append(s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth else s)
         if not series:
             continue
         table = aligned(series)
@@ -57,7 +61,7 @@ def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: An
         if table.shape[1] > 1:
             ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), alpha=0.2, color=line.get_color())
     ax.set_xlabel("training step")
-    ax.set_ylabel(LABELS.get(metric, metric))
+    ax.set_ylabel(("smoothed " if smooth else "") + LABELS.get(metric, metric))
     if logy:
         ax.set_yscale("log")
     ax.legend(fontsize=8)

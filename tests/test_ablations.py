@@ -419,3 +419,15 @@ def test_extrapolation_verdict_every_branch(rise: dict, expect: str) -> None:
     assert "Need a fixed-count and a random-count" in extrapolation_verdict(one, 3)
     # with one seed no interval can resolve anything
     assert "Inconclusive" in extrapolation_verdict(extrapolation_df(rise, seeds=1), 3)
+
+
+def test_lora_regime_verdict_bounds_nothing_it_cannot_resolve_and_lists_controls_and_onsets() -> None:
+    df = regime_df({}, {})
+    noisy = {"muon-r8-b9.8-beta0.95-lr0.01": 0.9, "muon-r8-b9.8-beta0.99-lr0.04": -0.5}
+    df["loss_peak_excess"] = [v + noisy.get(a, 0.0) for a, v in zip(df["arm"], df["loss_peak_excess"])]
+    text = lora_regime_verdict(df)
+    assert "No run diverged" in text and "is not resolved" in text and "bounded null" not in text, text
+    assert "- control-muon-r1-matrices-lr0.01: diverged 0/1, peak loss rise 0.230 nats" in text
+    onset = regime_df({9.8: 1}, {}).assign(diverged_at_step=lambda t: [1000.0 if s == "diverged" else float("nan")
+                                                                       for s in t["status"]])
+    assert "- divergence onsets (step): muon-r8-b9.8-beta0.95-lr0.01 seed 0 at 1000" in lora_regime_verdict(onset)

@@ -562,6 +562,14 @@ def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, pea
         a = a.groupby("b_mult")["A_mean"].mean()
         lines.append("- final ||A|| (mean over factors, loops and cells): "
                      + ", ".join(f"x{m:g} {v:.3g}" for m, v in a.items()))
+    for arm, g in df[df["b_mult"].isna()].groupby("arm", sort=False):  # the controls, as #1096's table ran them
+        rise = mean_ci(g[peak].tolist()) if peak in g else None
+        lines.append(f"- {arm}: diverged {int((g['status'] == 'diverged').sum())}/{len(g)}"
+                     + (f", {_PEAK_NAMES[peak]} {rise.mean:.3f} nats" if rise is not None and rise.n else ""))
+    if "diverged_at_step" in df and (df["status"] == "diverged").any():  # onsets locked to one step point at the schedule
+        onsets = df[df["status"] == "diverged"].sort_values("diverged_at_step")
+        lines.append("- divergence onsets (step): " + ", ".join(
+            f"{r['arm']} seed {r['seed']} at {int(r['diverged_at_step'])}" for _, r in onsets.iterrows()))
     adam = df[(df["optimizer"] == "adamw") & (df["rank"] > 1) & (df["lr"] == 0.025)]
     adam_k = int((adam["status"] == "diverged").sum())
     decisions = {decide(rate), "inconclusive" if rise_d is None else decide(rise_d, margin)}
@@ -573,10 +581,14 @@ def lora_regime_verdict(df: pd.DataFrame, norms: pd.DataFrame | None = None, pea
     elif "lower" in decisions and "higher" not in decisions:
         v = (f"Instability falls as B's step multiplier rises (x{hi:g} against x{lo:g}): against the shape-scale story "
              "of #1096.")
-    elif not (df["status"] == "diverged").any():
+    elif not (df["status"] == "diverged").any() and rise_d is not None and decide(rise_d, margin) == "equivalent":
         v = (f"No run diverged ({len(df)} runs; at each multiplier the rate is below {rate_ci(0, n_hi).hi:.0%}, 95% upper "
              f"bound) and the peak loss rise does not separate the multipliers by more than {margin} nats: a bounded "
              "null at this width, length and momentum schedule, not a refutation of #1096.")
+    elif not (df["status"] == "diverged").any():
+        v = (f"No run diverged ({len(df)} runs), but the peak loss rise of x{hi:g} - x{lo:g} is not resolved "
+             f"({'no interval' if rise_d is None else rise_d}): it may or may not exceed {margin} nats, so no bound on "
+             "the multiplier's effect follows.")
     else:
         v = (f"Inconclusive: the intervals of x{hi:g} - x{lo:g} include 0, so these runs cannot say whether B's step "
              "multiplier drives the instability.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -64,3 +65,29 @@ def test_too_few_tokens_are_named() -> None:
     model, cfg, _ = model_and_tokens()
     with pytest.raises(ValueError, match="no sequence of 16"):
         quant_probe(model, cfg, torch.zeros(10, dtype=torch.long), bits=4)
+
+
+def test_a_probe_is_kept_in_its_run_folder_and_measured_again_when_damaged(tiny_data, tmp_path, capsys) -> None:
+    from recur_lib.lab.probes import probe_run
+    from conftest import TINY_VOCAB
+    cfg = Config.from_name("smoke", {"data.root": str(tiny_data), "model.vocab_size": TINY_VOCAB})
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg.save(run / "config.json")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():  # away from the init, where zero-initialised projections quantize exactly
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save(model.state_dict(), run / "model.pt")
+    first = probe_run(str(run), 4, "baseline", n_seqs=4)
+    kept = run / "probes" / "int4-baseline-n4.json"
+    assert kept.exists()
+    (run / "model.pt").unlink()  # a kept probe needs no weights: it is read, not measured
+    again = probe_run(str(run), 4, "baseline", n_seqs=4)
+    pd.testing.assert_frame_equal(first, again)
+    assert again.attrs == first.attrs and first.attrs["dloss_all"] != 0
+    kept.write_text(kept.read_text()[:50])  # cut short
+    with pytest.raises(FileNotFoundError):  # measured again: it needs the weights, which are gone
+        probe_run(str(run), 4, "baseline", n_seqs=4)
+    assert "unreadable" in capsys.readouterr().out

@@ -19,8 +19,11 @@ loaded with the quantized blocks, bitwise.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +32,7 @@ import torch
 
 from ..config import Config
 from ..export import quantized_state_dict
+from ..paths import atomic_write
 from .stats import ratio_bootstrap
 
 
@@ -157,18 +161,59 @@ def _se(per_seq: torch.Tensor) -> float:
 
 
 def probe_run(run_dir: str, bits: int, scheme: str | None = None, n_seqs: int = N_SEQS) -> pd.DataFrame:
-    """quant_probe on a finished run's weights (model.pt) and the first val tokens of its data."""
+    """quant_probe on a finished run's weights (model.pt) and the first val tokens of its data. The
+    result is kept in the run folder (`probes/`) and reused while this module's code is unchanged: a
+    run folder's name already fixes the weights and the quantizer's code (runs.COMPUTE_FILES)."""
     from ..data.dataset import open_data
     from ..data.loader import load_tokens
     from ..model import build_model
     from ..paths import resolve
     path = resolve(run_dir)
     cfg = Config.load(path / "config.json")
+    scheme = scheme or cfg.quant.scheme
+    kept = path / "probes" / f"int{bits}-{scheme}-n{n_seqs}.json"
+    key = {"code": _probe_code(), "bits": bits, "scheme": scheme, "n_seqs": n_seqs}
+    if (t := _load_probe(kept, key)) is not None:
+        return t
     model = build_model(cfg)
     model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     data = open_data(cfg)
     tokens = load_tokens(data.val_files, cfg.model.vocab_size, n_seqs * cfg.eval.seq_len + 1)
-    return quant_probe(model, cfg, tokens, bits, scheme, n_seqs=n_seqs)
+    t = quant_probe(model, cfg, tokens, bits, scheme, n_seqs=n_seqs)
+    kept.parent.mkdir(exist_ok=True)
+    atomic_write(kept, json.dumps({**key, "rows": t.to_dict("list"), "attrs": t.attrs}))
+    return t
+
+
+_COLUMNS = ["step", "block", "loop", "role", "rel_error", "dloss_single", "next_gain", "end_gain"]
+_ATTRS = {"bits", "scheme", "float_loss", "dloss_all", "dloss_sum_single", "superadditivity"}
+
+
+def _probe_code() -> str:
+    """This module's code without comments and docstrings (what changes a probe's numbers)."""
+    from .runs import _code_only
+    return hashlib.sha256(_code_only(Path(__file__).read_text()).encode()).hexdigest()[:12]
+
+
+def _load_probe(path: Path, key: dict[str, Any]) -> pd.DataFrame | None:
+    """A kept probe if it is whole and was made by this code with these settings; None otherwise (a
+    damaged or stale file is measured again and replaced, with a line saying so)."""
+    if not path.exists():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        if any(kept.get(k) != v for k, v in key.items()):
+            return None  # older code or other settings: measure again
+        rows, attrs = kept["rows"], kept["attrs"]
+        if sorted(rows) != sorted(_COLUMNS) or len({len(v) for v in rows.values()}) != 1 or not rows["step"] \
+                or not _ATTRS <= set(attrs):
+            raise ValueError("columns or attributes missing")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        print(f"probe {path}: unreadable ({e}); measuring again", flush=True)
+        return None
+    t = pd.DataFrame(rows)[_COLUMNS]
+    t.attrs.update(attrs)
+    return t
 
 
 def probe_table(runs: pd.DataFrame, bits: list[int], schemes: tuple[str | None, ...] = (None,),

@@ -69,3 +69,24 @@ def test_smoothed_curves_are_what_the_divergence_monitor_reads(tmp_path) -> None
         ema.append(w.ema)
     assert list(ax.get_lines()[0].get_ydata()) == pytest.approx(ema)
     assert ax.get_ylabel().startswith("smoothed train loss")
+
+
+def test_paired_curves_cancel_what_every_arm_of_a_seed_shares(tmp_path) -> None:
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    from recur_lib.lab.plots import paired_curves
+    spike = [0.0, 0.0, 9.0, 0.0, 0.0]  # a hard batch at step 3, for every arm of seed 0
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 5.0)):
+        for arm, offset in (("x1", 0.0), ("x9.8", 0.3)):
+            d = tmp_path / f"{arm}-{seed}"
+            d.mkdir()
+            losses = [4.0 + shift + offset + (spike[i] if seed == 0 else 0.0) for i in range(5)]
+            (d / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "train_loss": v}) + "\n"
+                                                     for i, v in enumerate(losses)))
+            rows.append({"arm": arm, "seed": seed, "b": float(arm[1:]), "run_dir": str(d)})
+    ax = paired_curves(pd.DataFrame(rows), ref=1.0, by="b")
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("9.8")]
+    assert line.get_label() == "9.8 (n=2)" and list(line.get_ydata()) == pytest.approx([0.3] * 5)
+    assert "minus 1.0's" in ax.get_ylabel()

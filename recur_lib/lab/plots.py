@@ -68,6 +68,36 @@ def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: An
     return ax
 
 
+def paired_curves(df: pd.DataFrame, ref: Any, metric: str = "train_loss", by: str = "arm", ax: Any = None,
+                  smooth: bool = True) -> Any:
+    """Each arm's curve minus the `ref` arm's (by `by`), run by run within a seed, then the mean over
+    seeds: arms of one seed read the same batches, so the hard batches every arm meets cancel and what
+    is left is the arms' own difference. One line per arm other than ref; a zero line for ref."""
+    ax = _ax(ax)
+
+    def curve(run_dir: str) -> pd.Series | None:
+        m = load_metrics(run_dir)
+        if metric not in m:
+            return None
+        s = m.dropna(subset=[metric]).set_index("step")[metric]
+        s = s[~s.index.duplicated(keep="last")]
+        return s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth else s
+
+    refs = {r["seed"]: curve(r["run_dir"]) for _, r in df[df[by] == ref].iterrows() if isinstance(r["run_dir"], str)}
+    for arm, runs in df[df[by] != ref].groupby(by, sort=False):
+        diffs = [c - refs[r["seed"]] for _, r in runs.iterrows()
+                 if refs.get(r["seed"]) is not None and isinstance(r["run_dir"], str)
+                 and (c := curve(r["run_dir"])) is not None]
+        if diffs:
+            table = aligned(diffs)
+            ax.plot(table.index, table.mean(axis=1, skipna=False), label=f"{arm} (n={table.shape[1]})")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(("smoothed " if smooth else "") + LABELS.get(metric, metric).split(" (")[0] + f" minus {ref}'s")
+    ax.legend(fontsize=8)
+    return ax
+
+
 def bars(summary: pd.DataFrame, metric: str = "mean", err: str = "std", by: str = "arm", ax: Any = None,
          ylabel: str = "val bpb") -> Any:
     """Bar per arm with error bars (summary from runs.summarize)."""

@@ -191,6 +191,9 @@ def test_boundary_arms_are_nearest_one_nat() -> None:
     assert near[0] == "muon-r8-b1-beta0.95-lr0.01"
     assert near[1:] == ["muon-r8-b9.8-beta0.99-lr0.04", "muon-r8-b9.8-beta0.99-lr0.01"]
     assert boundary_arms(df[df["optimizer"] == "adamw"]) == []
+    # a data spike every arm meets sets every raw peak near 2 nats; the clean column still tells them apart
+    spiked = df.assign(clean_peak_excess=df["loss_peak_excess"], loss_peak_excess=2.0)
+    assert boundary_arms(spiked, k=3, peak="clean_peak_excess") == near
 
 
 def test_quant_loop_arms_match_reuse_and_parameters() -> None:
@@ -353,11 +356,14 @@ def test_relative_instability_cancels_a_spike_every_arm_sees(tmp_path: Path) -> 
         d = tmp_path / name
         d.mkdir()
         losses = [4.0 - 0.01 * s + (5.0 if s == 5 else 0.0) + (extra if s == 8 else 0.0) for s in range(1, 21)]
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": v}) + "\n"
-                                                 for s, v in zip(range(1, 21), losses)))
+        logged = list(zip(range(1, 21), losses))
+        if name == "b":  # interrupted after step 12 and resumed from step 10: steps 11-12 logged twice
+            logged = logged[:10] + [(11, 99.0), (12, 99.0)] + logged[10:]
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": v}) + "\n" for s, v in logged))
         rows.append({"arm": name, "seed": 0, "run_dir": str(d)})
     out = relative_instability(pd.DataFrame(rows)).set_index("arm")
     assert out.loc["a", "clean_peak_excess"] == pytest.approx(0.0, abs=1e-9) and out.loc["a", "rel_spikes"] == 0
+    assert out.loc["b", "clean_peak_excess"] == pytest.approx(0.0, abs=1e-9)  # the resumed values count, not the torn ones
     assert out.loc["c", "clean_peak_excess"] == pytest.approx(0.3, abs=0.01) and out.loc["c", "rel_spikes"] == 1
     assert relative_instability(pd.DataFrame(rows[:2]))["clean_peak_excess"].isna().all()  # no median of two
 

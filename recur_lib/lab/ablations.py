@@ -74,15 +74,17 @@ def lora_regime_arms(dim: int, rank: int = 8, b_mults: tuple[float, ...] | None 
     return {a.name: a for a in arms}
 
 
-def boundary_arms(df: pd.DataFrame, k: int = 3, threshold: float = 1.0) -> list[str]:
+def boundary_arms(df: pd.DataFrame, k: int = 3, threshold: float = 1.0, peak: str = "loss_peak_excess") -> list[str]:
     """Stage 2 of the LoRA question: the k Muon grid arms nearest the instability boundary, the ones
     more seeds can move from one side to the other. Nearness is the distance of an arm's mean peak loss
-    rise over its running minimum from `threshold` (the divergence criterion's 1 nat), on a log scale so
-    that 0.5 and 2 nats are equally near; diverged runs count at least the threshold."""
+    rise over its running minimum (column `peak`; `clean_peak_excess` leaves out the data spikes every
+    arm meets, which otherwise set every arm's peak alike) from `threshold` (the divergence criterion's
+    1 nat), on a log scale so that 0.5 and 2 nats are equally near; diverged runs count at least the
+    threshold."""
     grid = df[(df["optimizer"] == "muon") & df["b_mult"].notna() & df["status"].isin(["finished", "diverged"])]
     if grid.empty:
         return []
-    peak = grid["loss_peak_excess"].astype(float).fillna(0.0).clip(lower=1e-3)
+    peak = grid[peak].astype(float).fillna(0.0).clip(lower=1e-3)
     peak = peak.where(grid["status"] != "diverged", peak.clip(lower=threshold))
     dist = (peak / threshold).map(math.log).abs().groupby(grid["arm"], sort=False).mean()
     return dist.sort_values(kind="stable").index[:k].tolist()
@@ -105,7 +107,8 @@ def relative_instability(df: pd.DataFrame, alpha: float = 0.1, spike: float = 0.
         for i, r in g.iterrows():
             m = load_metrics(r["run_dir"]) if isinstance(r.get("run_dir"), str) else pd.DataFrame()
             if "train_loss" in m:
-                curves[i] = m.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
+                c = m.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
+                curves[i] = c[~c.index.duplicated(keep="last")]  # a resumed run logs its last steps again
         if len(curves) < 3:
             continue
         table = pd.DataFrame(curves)

@@ -280,7 +280,8 @@ def test_the_progress_bar_counts_ended_jobs() -> None:
     assert Progress(12).bar(ended=True).startswith(" 1/12 ")  # the count keeps its width
 
 
-def test_an_interrupted_parallel_sweep_stops_its_jobs_with_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
+def test_an_interrupted_parallel_sweep_stops_its_jobs_with_checkpoints(tiny_data: Path, tmp_path: Path,
+                                                                         request: pytest.FixtureRequest) -> None:
     """Ctrl-C (a kernel interrupt) in a sweep running two jobs at once: the two running jobs stop at a
     step boundary and write checkpoints, the queued one never starts, and the interrupt reaches the
     caller within seconds rather than after the runs."""
@@ -296,6 +297,9 @@ def test_an_interrupted_parallel_sweep_stops_its_jobs_with_checkpoints(tiny_data
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGINT)  # as a kernel interrupt does; it wakes the waiting main thread
 
+    # a shell that starts pytest in the background (`cmd &`) leaves SIGINT ignored; a kernel's Ctrl-C is not
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     threading.Thread(target=interrupt_once_both_train, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):

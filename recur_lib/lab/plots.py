@@ -1,6 +1,7 @@
 """Plot helpers for the notebooks: pure functions from run tables / records to matplotlib axes."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -40,6 +41,17 @@ def aligned(series: Sequence[pd.Series]) -> pd.DataFrame:
     return table
 
 
+def run_curve(run_dir: str, metric: str, smooth: bool = False) -> pd.Series | None:
+    """One run's `metric` by step (None when it logs none); a step logged twice (a resumed run) keeps its
+    last value; `smooth`: through the divergence monitor's EMA (train.LOSS_EMA_ALPHA)."""
+    m = load_metrics(run_dir)
+    if metric not in m:
+        return None
+    s = m.dropna(subset=[metric]).set_index("step")[metric]
+    s = s[~s.index.duplicated(keep="last")]
+    return s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth else s
+
+
 def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: Any = None,
            logy: bool = False, smooth: bool = False) -> Any:
     """Mean curve per arm over its seeds, aligned by step, with a min-max band; one line per arm.
@@ -47,13 +59,7 @@ def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: An
     divergence monitor's EMA (train.LOSS_EMA_ALPHA), the loss its instability statistics read."""
     ax = _ax(ax)
     for arm, runs in df.groupby(by, sort=False):
-        series = []
-        for run_dir in runs["run_dir"].dropna():
-            m = load_metrics(run_dir)
-            if metric in m:
-                s = m.dropna(subset=[metric]).set_index("step")[metric]
-                s = s[~s.index.duplicated(keep="last")]  # a resumed run logs its last steps again
-                series.append(s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth else s)
+        series = [c for run_dir in runs["run_dir"].dropna() if (c := run_curve(run_dir, metric, smooth)) is not None]
         if not series:
             continue
         table = aligned(series)
@@ -74,15 +80,7 @@ def paired_curves(df: pd.DataFrame, ref: Any, metric: str = "train_loss", by: st
     seeds: arms of one seed read the same batches, so the hard batches every arm meets cancel and what
     is left is the arms' own difference. One line per arm other than ref; a zero line for ref."""
     ax = _ax(ax)
-
-    def curve(run_dir: str) -> pd.Series | None:
-        m = load_metrics(run_dir)
-        if metric not in m:
-            return None
-        s = m.dropna(subset=[metric]).set_index("step")[metric]
-        s = s[~s.index.duplicated(keep="last")]
-        return s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth else s
-
+    curve = partial(run_curve, metric=metric, smooth=smooth)
     refs = {r["seed"]: curve(r["run_dir"]) for _, r in df[df[by] == ref].iterrows() if isinstance(r["run_dir"], str)}
     for arm, runs in df[df[by] != ref].groupby(by, sort=False):
         diffs = [c - refs[r["seed"]] for _, r in runs.iterrows()

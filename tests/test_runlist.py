@@ -160,6 +160,21 @@ def test_plot_runs_draws_labelled_curves(runs: Path) -> None:
         plot_runs([runs / "a"], ax=axes[0])
 
 
+def test_plot_runs_draws_a_resumed_runs_steps_once(runs: Path, tmp_path: Path) -> None:
+    import json
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(1, 5.0), (2, 4.0), (3, 9.0), (3, 3.5), (4, 3.0)]  # step 3 logged again after a resume
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train_loss": v}) + "\n" for s, v in rows))
+    (tmp_path / "config.json").write_text((runs / "a" / "config.json").read_text())
+    fig, ax = plt.subplots()
+    (line,) = plot_runs([tmp_path], metrics=("train_loss",), ax=[ax])[0].get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3, 4] and list(line.get_ydata()) == [5.0, 4.0, 3.5, 3.0]
+    plt.close(fig)
+
+
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})

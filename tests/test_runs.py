@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recur_lib import Config
-from recur_lib.lab.runs import Arm, evaluate_variants, launch, load_metrics, run_id, summarize, sweep
+from recur_lib.lab.runs import Arm, evaluate_variants, launch, load_metrics, metric_by_step, run_id, summarize, sweep
 from recur_lib.train import train
 
 from conftest import TINY_VOCAB
@@ -269,6 +269,18 @@ def test_load_metrics_leaves_out_a_torn_last_line(tmp_path: Path) -> None:
     (tmp_path / "metrics.jsonl").write_text('{"step": 1\n{"step": 2, "train_loss": 5.0}\n')
     with pytest.raises(ValueError, match="metrics.jsonl: line 1"):
         load_metrics(tmp_path)
+
+
+def test_metric_by_step_keeps_a_resumed_runs_own_values(tmp_path: Path) -> None:
+    # steps 1-3, an interruption after step 3 with the checkpoint at step 2, the resumed run's steps 3-4;
+    # validation rows carry no train_loss
+    rows = [(1, 5.0), (2, 4.0), (3, 9.0), (3, 3.5), (4, 3.0)]
+    lines = [json.dumps({"step": s, "train_loss": v}) for s, v in rows] + [json.dumps({"step": 4, "val_bpb": 2.0})]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    loss = metric_by_step(tmp_path, "train_loss")
+    assert loss.index.tolist() == [1, 2, 3, 4] and loss.tolist() == [5.0, 4.0, 3.5, 3.0]
+    assert metric_by_step(tmp_path, "val_bpb").to_dict() == {4: 2.0}
+    assert metric_by_step(tmp_path, "lora_norms") is None and metric_by_step(tmp_path / "none", "train_loss") is None
 
 
 def test_the_progress_bar_counts_ended_jobs() -> None:

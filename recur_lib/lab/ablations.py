@@ -13,7 +13,7 @@ from typing import Callable
 import pandas as pd
 
 from ..config import Config
-from .runs import Arm
+from .runs import Arm, metric_by_step
 from .stats import Estimate, decide, mean_ci, paired_diff, rate_ci, rate_diff_ci
 
 LORA_ARMS = ("rank1-vectors-adamw", "rank8-muon-keller", "rank8-muon-none", "rank8-muon-moonlight", "rank8-adamw")
@@ -99,16 +99,14 @@ def relative_instability(df: pd.DataFrame, alpha: float = 0.1, spike: float = 0.
     minimum (`clean_peak_excess`). `rel_spikes` counts the steps where a run's loss exceeds that median
     by more than `spike`: its own spikes. Needs at least three runs per seed (a median of two is their
     mean); rows with fewer get NaN. Returns df with the two columns added."""
-    from .runs import load_metrics
     out = df.copy()
     out["clean_peak_excess"], out["rel_spikes"] = float("nan"), float("nan")
     for _, g in df.groupby("seed"):
         curves = {}
         for i, r in g.iterrows():
-            m = load_metrics(r["run_dir"]) if isinstance(r.get("run_dir"), str) else pd.DataFrame()
-            if "train_loss" in m:
-                c = m.dropna(subset=["train_loss"]).set_index("step")["train_loss"]
-                curves[i] = c[~c.index.duplicated(keep="last")]  # a resumed run logs its last steps again
+            c = metric_by_step(r["run_dir"], "train_loss") if isinstance(r.get("run_dir"), str) else None
+            if c is not None:
+                curves[i] = c
         if len(curves) < 3:
             continue
         table = pd.DataFrame(curves)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..config import Config
 from ..train import LOSS_EMA_ALPHA
-from .runs import load_metrics
+from .runs import load_metrics, metric_by_step
 from .stats import mean_ci
 
 
@@ -42,14 +42,10 @@ def aligned(series: Sequence[pd.Series]) -> pd.DataFrame:
 
 
 def run_curve(run_dir: str, metric: str, smooth: bool = False) -> pd.Series | None:
-    """One run's `metric` by step (None when it logs none); a step logged twice (a resumed run) keeps its
-    last value; `smooth`: through the divergence monitor's EMA (train.LOSS_EMA_ALPHA)."""
-    m = load_metrics(run_dir)
-    if metric not in m:
-        return None
-    s = m.dropna(subset=[metric]).set_index("step")[metric]
-    s = s[~s.index.duplicated(keep="last")]
-    return s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth else s
+    """One run's `metric` by step (runs.metric_by_step); `smooth`: through the divergence monitor's EMA
+    (train.LOSS_EMA_ALPHA)."""
+    s = metric_by_step(run_dir, metric)
+    return s.ewm(alpha=LOSS_EMA_ALPHA, adjust=False).mean() if smooth and s is not None else s
 
 
 def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: Any = None,
@@ -117,7 +113,7 @@ def lora_norms(run_dir: str, which: str = "BA", ax: Any = None, label: str | Non
     if "lora_norms" not in m:
         ax.set_title("no LoRA norms logged")
         return ax
-    rows = m.dropna(subset=["lora_norms"])
+    rows = m.dropna(subset=["lora_norms"]).drop_duplicates("step", keep="last")  # a resumed run's steps once
     k = {"A": 0, "B": 1, "BA": 2, "BA/W": 3}[which]
     ratio = which == "BA/W"
     per_loop: dict[str, list[float]] = {}

@@ -32,7 +32,7 @@ from ..config import Config, all_keys
 from ..paths import resolve
 from ..presets import preset_names
 from ..rundir import LOCK_NAME, read_eval, read_json, read_summary
-from .runs import eval_row, load_metrics
+from .runs import eval_row, metric_by_step
 
 RUN_MARKERS = ("summary.json", "ckpt.pt", "metrics.jsonl")
 # Where a run lives, not what it is: left out of config differences (the folder names the run).
@@ -337,13 +337,12 @@ def plot_runs(paths: Sequence[PathLike], ax: Any = None, metrics: Sequence[str] 
         if len(axes) != len(metrics):
             raise ValueError(f"plot_runs: {len(axes)} axes for {len(metrics)} metrics {list(metrics)}")
     for i, (d, label) in enumerate(zip(dirs, run_labels(dirs))):
-        table = load_metrics(d)
         for a, metric in zip(axes, metrics):
-            if metric not in table:
+            curve = metric_by_step(d, metric)
+            if curve is None:
                 continue
-            rows = table.dropna(subset=[metric])
-            a.plot(rows["step"], rows[metric], color=f"C{i % 10}", label=label, lw=1.2,
-                   marker="o" if len(rows) <= 50 else None, ms=3)
+            a.plot(curve.index, curve.to_numpy(), color=f"C{i % 10}", label=label, lw=1.2,
+                   marker="o" if len(curve) <= 50 else None, ms=3)
     for a, metric in zip(axes, metrics):
         a.set_xlabel("step")
         a.set_ylabel(AXIS_LABELS.get(metric, metric))

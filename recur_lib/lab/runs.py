@@ -150,6 +150,16 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def metric_by_step(run_dir: str | Path, metric: str) -> pd.Series | None:
+    """One run's `metric` indexed by step, None when the run logs none. A resumed run logs the steps
+    after its last checkpoint again: each step keeps its last value, the one the finished run stands on."""
+    m = load_metrics(run_dir)
+    if metric not in m:
+        return None
+    s = m.dropna(subset=[metric]).set_index("step")[metric]
+    return s[~s.index.duplicated(keep="last")]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -58,7 +58,12 @@ def test_one_step_is_additive_by_definition_and_gains_are_measured() -> None:
     assert math.isnan(t["next_gain"].iloc[0]) and t["end_gain"].iloc[0] == pytest.approx(1.0)
     deep = quant_probe(*model_and_tokens(), bits=4)
     assert deep["next_gain"].iloc[:-1].between(0.01, 100).all() and math.isnan(deep["next_gain"].iloc[-1])
-    assert deep["end_gain"].iloc[-1] == pytest.approx(1.0)
+    assert deep["end_gain"].iloc[-1] == pytest.approx(1.0) and deep["end_gain_rel"].iloc[-1] == pytest.approx(1.0)
+    # the relative forms rescale by the hidden states' norms, one ratio per step: consistent along the chain
+    scale = deep["end_gain_rel"] / deep["end_gain"]
+    assert (scale / scale.shift(-1)).iloc[:-1].to_numpy() == pytest.approx(
+        (deep["next_gain_rel"] / deep["next_gain"]).iloc[:-1].to_numpy())
+    assert math.isnan(deep["next_gain_rel"].iloc[-1]) and not deep["end_gain_rel"].isna().any()
 
 
 def test_too_few_tokens_are_named() -> None:

@@ -7,7 +7,10 @@ For a model that reuses its blocks (#341's claim: errors compound on every loop)
 * `rel_error`: ||h_q - h|| / ||h|| at the step's output, every step running quantized blocks;
 * `dloss_single`: the loss change when only this step runs its block quantized (the others float);
 * `next_gain`, `end_gain`: a finite-difference loop gain: a small perturbation added to this step's
-  output, and how large it is after the next step, and after the last, relative to its own size.
+  output, and how large it is after the next step, and after the last, relative to its own size;
+  `next_gain_rel`, `end_gain_rel`: the same in relative terms (the perturbation's size against the
+  hidden state's, there against here), on the scale of `rel_error`: the residual stream grows through
+  the steps, so an absolute gain well above 1 can be a relative gain below 1 (the error damped).
 The sum of the single-step effects against the effect of quantizing every step at once tells additive
 error (ratio ~1) from compounding (well above 1). Only the blocks are quantized; the embedding and head
 stay float, so the numbers are about the schedule, not the embedding's own rounding.
@@ -98,8 +101,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, scheme: str | None = None,
                 seq_len: int | None = None, n_seqs: int = N_SEQS, eps: float = 1e-3, seed: int = 0,
                 twin: torch.nn.ModuleList | None = None, gain_seqs: int = 8) -> pd.DataFrame:
-    """One row per schedule step (step, block, loop, role, rel_error, dloss_single, next_gain, end_gain);
-    `attrs` hold the float loss (nats per token, over n_tokens), the all-steps effect and the sum of
+    """One row per schedule step (step, block, loop, role, rel_error, dloss_single, the gains and their
+    relative forms); `attrs` hold the float loss (nats per token, over n_tokens), the all-steps effect and the sum of
     single-step effects with their standard errors over sequences, and their ratio (superadditivity)
     with a bootstrap interval over sequences (superadditivity_lo/_hi). The gains use the first
     `gain_seqs` sequences. `twin`: the blocks to swap in (default: quantized_blocks at bits/scheme)."""
@@ -125,6 +128,7 @@ def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, sch
         _, hg = steps.run(gi, gt)
         gen = torch.Generator().manual_seed(seed)
         next_gain, end_gain = [], []
+        norms = [x.float().norm().item() for x in hg]
         for k in range(len(hg)):
             delta = torch.randn(hg[k].shape, generator=gen)
             delta *= eps * hg[k].float().norm() / delta.norm()
@@ -143,6 +147,9 @@ def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, sch
                       "role": [s.role for s in sched], "rel_error": [_rel(a, b) for a, b in zip(hq, h)],
                       "dloss_single": [v.mean().item() for v in single_seq], "next_gain": next_gain,
                       "end_gain": end_gain})
+    # relative in, relative out: gain x ||h_k|| / ||h_j||
+    t["next_gain_rel"] = t["next_gain"] * pd.Series(norms[:-1]) / pd.Series(norms[1:])
+    t["end_gain_rel"] = t["end_gain"] * pd.Series(norms) / norms[-1]
     parts_seq = torch.stack(single_seq).sum(0)
     total, parts = all_seq.mean().item(), parts_seq.mean().item()
     ratio = ratio_bootstrap(all_seq.numpy(), parts_seq.numpy(), seed=seed)
@@ -185,7 +192,8 @@ def probe_run(run_dir: str, bits: int, scheme: str | None = None, n_seqs: int = 
     return t
 
 
-_COLUMNS = ["step", "block", "loop", "role", "rel_error", "dloss_single", "next_gain", "end_gain"]
+_COLUMNS = ["step", "block", "loop", "role", "rel_error", "dloss_single", "next_gain", "end_gain", "next_gain_rel",
+            "end_gain_rel"]
 _ATTRS = {"bits", "scheme", "float_loss", "dloss_all", "dloss_sum_single", "superadditivity"}
 
 

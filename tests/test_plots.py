@@ -90,3 +90,4 @@ def test_paired_curves_cancel_what_every_arm_of_a_seed_shares(tmp_path) -> None:
     (line,) = [ln for ln in ax.get_lines() if ln.get_label().startswith("9.8")]
     assert line.get_label() == "9.8 (n=2)" and list(line.get_ydata()) == pytest.approx([0.3] * 5)
     assert "minus 1.0's" in ax.get_ylabel()
+    assert "minus x1's" in paired_curves(pd.DataFrame(rows), ref=1.0, by="b", ref_label="x1").get_ylabel()

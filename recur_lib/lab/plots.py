@@ -71,10 +71,11 @@ def curves(df: pd.DataFrame, metric: str = "train_loss", by: str = "arm", ax: An
 
 
 def paired_curves(df: pd.DataFrame, ref: Any, metric: str = "train_loss", by: str = "arm", ax: Any = None,
-                  smooth: bool = True) -> Any:
+                  smooth: bool = True, ref_label: str | None = None) -> Any:
     """Each arm's curve minus the `ref` arm's (by `by`), run by run within a seed, then the mean over
     seeds: arms of one seed read the same batches, so the hard batches every arm meets cancel and what
-    is left is the arms' own difference. One line per arm other than ref; a zero line for ref."""
+    is left is the arms' own difference. One line per arm other than ref; a zero line for ref.
+    `ref_label`: how the y label names ref (default: ref itself)."""
     ax = _ax(ax)
     curve = partial(run_curve, metric=metric, smooth=smooth)
     refs = {r["seed"]: curve(r["run_dir"]) for _, r in df[df[by] == ref].iterrows() if isinstance(r["run_dir"], str)}
@@ -87,7 +88,7 @@ def paired_curves(df: pd.DataFrame, ref: Any, metric: str = "train_loss", by: st
             ax.plot(table.index, table.mean(axis=1, skipna=False), label=f"{arm} (n={table.shape[1]})")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("training step")
-    ax.set_ylabel(("smoothed " if smooth else "") + LABELS.get(metric, metric).split(" (")[0] + f" minus {ref}'s")
+    ax.set_ylabel(("smoothed " if smooth else "") + LABELS.get(metric, metric).split(" (")[0] + f" minus {ref_label or ref}'s")
     ax.legend(fontsize=8)
     return ax
 

@@ -88,6 +88,11 @@ class Scores:
                 "val_tokens": self.n_targets, "val_bytes": self.n_bytes, "seconds": round(self.seconds, 2)}
 
 
+def _share(items: list, rt: Runtime) -> list:
+    """This rank's contiguous slice of `items`: the ranks' slices cover them in order, sizes within one."""
+    return items[len(items) * rt.rank // rt.world_size: len(items) * (rt.rank + 1) // rt.world_size]
+
+
 def eval_windows(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables, L: int, stride: int,
                  batch_tokens: int, rt: Runtime, n_loops: int | None = None) -> Scores:
     """All targets of `tokens`, by windows of L with the given stride, split over ranks."""
@@ -95,7 +100,7 @@ def eval_windows(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTables,
     toks = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     n = len(toks) - 1
     plan = window_plan(0, n, n, L, stride)
-    mine = plan[len(plan) * rt.rank // rt.world_size: len(plan) * (rt.rank + 1) // rt.world_size]
+    mine = _share(plan, rt)
     was = model.training
     model.eval()
     per_window = [float(v.sum()) for v in score_windows(model, toks, mine, L, batch_tokens, rt, n_loops)]
@@ -200,7 +205,7 @@ def _adapt(model: torch.nn.Module, opts: list[torch.optim.Optimizer], toks: torc
         for i in range(0, len(starts), per_batch):
             batch = starts[i:i + per_batch]
             n = min(L, *(b - s for s in batch))
-            mine = batch[len(batch) * rt.rank // rt.world_size: len(batch) * (rt.rank + 1) // rt.world_size]
+            mine = _share(batch, rt)
             if lr_at is not None:
                 for opt in opts:
                     for g in opt.param_groups:
@@ -257,7 +262,7 @@ def ttt_score_first(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTabl
             _adapt(work, opts, toks, a, b, cfg, rt, e.ttt_epochs, lr_at)
         with torch.inference_mode():
             plan = window_plan(a, b, n, e.seq_len, e.stride)
-            mine = plan[len(plan) * rt.rank // rt.world_size: len(plan) * (rt.rank + 1) // rt.world_size]
+            mine = _share(plan, rt)
             for (s, lo, hi), v in zip(mine, score_windows(work, toks, mine, e.seq_len, e.batch_tokens, rt)):
                 nll[s + lo:s + hi] = v.numpy()
         if rt.distributed:  # each target was scored on one rank; the others hold 0 there

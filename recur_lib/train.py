@@ -326,8 +326,10 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, 
 class _StopSignals:
     """SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before it kills a job, and what a job the
     runner started gets when the runner dies) ask the loop to stop at the next step boundary, where the
-    state is whole and a checkpoint can be written; a second signal interrupts at once. Handlers can
-    only be set from the main thread; elsewhere Ctrl-C keeps Python's default."""
+    state is whole and a checkpoint can be written; the same signal again (Ctrl-C pressed twice)
+    interrupts at once. A different one does not: a runner that sends SIGINT and then dies sends the
+    job SIGTERM too, and that must not tear the step the first signal is waiting for. Handlers can only
+    be set from the main thread; elsewhere Ctrl-C keeps Python's default."""
 
     def __init__(self) -> None:
         self.received: str | None = None
@@ -340,9 +342,10 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None:
+        name = signal.Signals(signum).name
+        if self.received == name:
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+        self.received = self.received or name
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():

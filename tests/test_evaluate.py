@@ -308,3 +308,13 @@ def test_score_first_ttt_over_two_processes_is_the_one_process_result(tiny_data:
     # Muon rounds each orthogonalised update to bf16 (as the baseline does): a last-bit difference in a
     # gradient's summation can flip a rounding, so single targets differ by up to ~2% at this lr (0.05)
     # while the sum agrees to 1e-5.
+
+
+def test_ranks_share_the_items_in_order_and_evenly() -> None:
+    from types import SimpleNamespace
+    from recur_lib.evaluate import _share
+    for world in range(1, 6):
+        for n in range(13):
+            items = list(range(n))
+            parts = [_share(items, SimpleNamespace(rank=r, world_size=world)) for r in range(world)]
+            assert sum(parts, []) == items and max(map(len, parts)) - min(map(len, parts)) <= 1

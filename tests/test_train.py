@@ -146,6 +146,20 @@ def test_ctrl_c_finishes_the_step_and_leaves_a_resumable_checkpoint(tiny_data: P
     assert signal.getsignal(signal.SIGINT) is before  # handlers given back
 
 
+def test_a_second_signal_interrupts_at_once_only_when_it_repeats_the_first() -> None:
+    """Ctrl-C twice means now; SIGTERM after SIGINT (the job's runner dying after it asked the job to
+    stop) waits for the step boundary with the first."""
+    from recur_lib.train import _StopSignals
+    with _StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # handlers run between bytecodes of the main thread
+        assert signals.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+
+
 def test_an_interrupt_that_tears_a_step_writes_no_checkpoint(tiny_data: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A KeyboardInterrupt raised inside a step (a second Ctrl-C) leaves a partly updated state: it is

@@ -88,7 +88,8 @@ def paired_curves(df: pd.DataFrame, ref: Any, metric: str = "train_loss", by: st
             ax.plot(table.index, table.mean(axis=1, skipna=False), label=f"{arm} (n={table.shape[1]})")
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("training step")
-    ax.set_ylabel(("smoothed " if smooth else "") + LABELS.get(metric, metric).split(" (")[0] + f" minus {ref_label or ref}'s")
+    what = LABELS.get(metric, metric).split(" (")[0]
+    ax.set_ylabel(("smoothed " if smooth else "") + what + f" minus {ref_label or ref}'s")
     ax.legend(fontsize=8)
     return ax
 

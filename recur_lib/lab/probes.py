@@ -102,9 +102,9 @@ def quant_probe(model: torch.nn.Module, cfg: Config, tokens: Any, bits: int, sch
                 seq_len: int | None = None, n_seqs: int = N_SEQS, eps: float = 1e-3, seed: int = 0,
                 twin: torch.nn.ModuleList | None = None, gain_seqs: int = 8) -> pd.DataFrame:
     """One row per schedule step (step, block, loop, role, rel_error, dloss_single, the gains and their
-    relative forms); `attrs` hold the float loss (nats per token, over n_tokens), the all-steps effect and the sum of
-    single-step effects with their standard errors over sequences, and their ratio (superadditivity)
-    with a bootstrap interval over sequences (superadditivity_lo/_hi). The gains use the first
+    relative forms); `attrs` hold the float loss (nats per token, over n_tokens), the all-steps effect
+    and the sum of single-step effects with their standard errors over sequences, and their ratio
+    (superadditivity) with a bootstrap interval over sequences (superadditivity_lo/_hi). The gains use the first
     `gain_seqs` sequences. `twin`: the blocks to swap in (default: quantized_blocks at bits/scheme)."""
     model.eval()
     twin = twin if twin is not None else quantized_blocks(model, cfg, bits, scheme)

@@ -25,7 +25,7 @@ data: setup
 
 # The main job: audit the data, then execute the four notebooks at the quick preset into
 # results/local/quick/, which git ignores (runs in runs/workbook/ are reused on the next call).
-# About 15 minutes on 2 cores.
+# About 24 minutes on 2 cores on a fresh clone (README "Two commands").
 workbook: data
 	$(PY) -m recur_lib.cli data audit --preset $(PRESET)
 	$(PY) -m recur_lib.cli workbook --preset $(PRESET)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..config import Config
 from ..train import LOSS_EMA_ALPHA
-from .runs import load_metrics, metric_by_step
+from .runs import metric_by_step
 from .stats import mean_ci
 
 
@@ -111,15 +111,14 @@ def lora_norms(run_dir: str, which: str = "BA", ax: Any = None, label: str | Non
     delta's size against the weight it modifies: mean over blocks and targets). With `label`, one line
     for the run (all loops together) under that label, so that runs can share an axis."""
     ax = _ax(ax)
-    m = load_metrics(run_dir)
-    if "lora_norms" not in m:
+    logged = metric_by_step(run_dir, "lora_norms")
+    if logged is None:
         ax.set_title("no LoRA norms logged")
         return ax
-    rows = m.dropna(subset=["lora_norms"]).drop_duplicates("step", keep="last")  # a resumed run's steps once
     k = {"A": 0, "B": 1, "BA": 2, "BA/W": 3}[which]
     ratio = which == "BA/W"
     per_loop: dict[str, list[float]] = {}
-    for norms in rows["lora_norms"]:
+    for norms in logged:
         agg: dict[str, list[float]] = {}
         for key, vals in norms.items():
             loop = "all" if label else key.split(".")[0].split("_")[1]  # "b1_l2.q" -> "l2"
@@ -128,7 +127,7 @@ def lora_norms(run_dir: str, which: str = "BA", ax: Any = None, label: str | Non
         for loop, v in agg.items():
             per_loop.setdefault(loop, []).append(sum(v) / len(v) if ratio else sum(x * x for x in v) ** 0.5)
     for loop, vals in sorted(per_loop.items()):
-        ax.plot(rows["step"].to_numpy()[: len(vals)], vals, label=label or f"loop {loop[1:]}")
+        ax.plot(logged.index.to_numpy()[: len(vals)], vals, label=label or f"loop {loop[1:]}")
     ax.set_xlabel("training step")
     ax.set_ylabel("mean ||BA||₂ / ||W||₂" if ratio else f"||{which}|| (all blocks, targets)")
     ax.set_yscale("log")

@@ -32,7 +32,7 @@ from ..config import Config, all_keys
 from ..paths import resolve
 from ..presets import preset_names
 from ..rundir import LOCK_NAME, read_eval, read_json, read_summary
-from .runs import eval_row, metric_by_step
+from .runs import eval_row, load_metrics, metric_by_step
 
 RUN_MARKERS = ("summary.json", "ckpt.pt", "metrics.jsonl")
 # Where a run lives, not what it is: left out of config differences (the folder names the run).
@@ -337,8 +337,9 @@ def plot_runs(paths: Sequence[PathLike], ax: Any = None, metrics: Sequence[str] 
         if len(axes) != len(metrics):
             raise ValueError(f"plot_runs: {len(axes)} axes for {len(metrics)} metrics {list(metrics)}")
     for i, (d, label) in enumerate(zip(dirs, run_labels(dirs))):
+        table = load_metrics(d)
         for a, metric in zip(axes, metrics):
-            curve = metric_by_step(d, metric)
+            curve = metric_by_step(table, metric)
             if curve is None:
                 continue
             a.plot(curve.index, curve.to_numpy(), color=f"C{i % 10}", label=label, lw=1.2,

@@ -150,10 +150,12 @@ def load_metrics(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def metric_by_step(run_dir: str | Path, metric: str) -> pd.Series | None:
-    """One run's `metric` indexed by step, None when the run logs none. A resumed run logs the steps
-    after its last checkpoint again: each step keeps its last value, the one the finished run stands on."""
-    m = load_metrics(run_dir)
+def metric_by_step(run: str | Path | pd.DataFrame, metric: str) -> pd.Series | None:
+    """One run's `metric` indexed by step, None when the run logs none; `run`: its folder, or its
+    metrics as load_metrics read them (to read several metrics from one read). A resumed run logs the
+    steps after its last checkpoint again: each step keeps its last value, the one the finished run
+    stands on."""
+    m = run if isinstance(run, pd.DataFrame) else load_metrics(run)
     if metric not in m:
         return None
     s = m.dropna(subset=[metric]).set_index("step")[metric]

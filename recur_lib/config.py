@@ -110,6 +110,9 @@ class ModelConfig(_Group):
                                "to +-step_scale_clamp at use (#1096 timestep scales, #855)")
     step_scale_clamp: float = _f(4.0, "clamp of the step scales (#1096, #855: 4)", 1e-3, None)
     rope_dims: int = _f(0, "RoPE on the first N dims of each head, 0 = all (#1406 lineage: 16 of 64)", 0, 4096)
+    step_controls: bool = _f(False, "each schedule step has its own attn_scale, mlp_scale, resid_mix and q_gain "
+                             "instead of its block's, so a shared block's applications differ in them (#927, #341: "
+                             "per-layer scalars over shared blocks)")
     ln_scale: bool = _f(False, "multiply the normed attn/MLP inputs of block b by 1/sqrt(b + 1) (#1406 lineage)")
 
 
@@ -118,19 +121,25 @@ class ScheduleConfig(_Group):
     """Which unique blocks the forward pass runs, in order (`model.schedule.build_schedule` makes the step list).
 
     flat:    n_layers unique blocks, each once (baseline 9x512).
-    looped:  n_core shared blocks x n_loops (#927: 4 x 7).
+    looped:  n_core shared blocks x n_loops passes.
+    cyclic:  n_loops block applications cycling through n_core shared blocks, application i running
+             block i % n_core (#927: 7 applications over 4 blocks, 0 1 2 3 0 1 2).
     hybrid:  n_prelude unique + n_core shared x n_loops + n_coda unique (#1096: 1 + 4x3 + 1).
     repeat:  n_layers unique blocks; the contiguous segment repeat_layers runs n_loops times
-             (#1406: 11 blocks, (4, 5) x 2).
+             (#1406: 11 blocks, (4, 5) x 2), in place or after the whole stack (repeat_at).
     """
-    kind: Literal["flat", "looped", "hybrid", "repeat"] = _f("flat", "schedule family")
+    kind: Literal["flat", "looped", "cyclic", "hybrid", "repeat"] = _f("flat", "schedule family")
     n_layers: int = _f(9, "unique blocks of a flat or repeat schedule", 1, 1024)
     n_prelude: int = _f(0, "unique blocks before the shared core (hybrid)", 0, 1024)
-    n_core: int = _f(4, "shared blocks in the looped core (looped, hybrid)", 1, 1024)
-    n_loops: int = _f(1, "times the core (looped, hybrid) or the repeat segment (repeat) runs", 1, 1024)
+    n_core: int = _f(4, "shared blocks in the looped core (looped, cyclic, hybrid)", 1, 1024)
+    n_loops: int = _f(1, "times the core (looped, hybrid) or the repeat segment (repeat) runs; block applications "
+                      "in all (cyclic)", 1, 1024)
     n_coda: int = _f(0, "unique blocks after the shared core (hybrid)", 0, 1024)
     repeat_layers: tuple[int, ...] = _f((), "contiguous block indices run n_loops times (repeat; #1406: (4, 5))")
     repeat_start_frac: float = _f(0.0, "fraction of training after which repeats switch on (repeat)", 0.0, 1.0)
+    repeat_at: Literal["in_place", "after"] = _f(
+        "in_place", "where a repeat schedule's extra passes run: in place (0..a-1, segment x n_loops, b+1..n-1) or "
+        "after the whole stack (0..n-1, then the segment n_loops - 1 more times)")
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,8 @@ class TrainConfig(_Group):
                                  "ema_decay: 0.997 is a 333-step horizon, more than a 250-step run)", 0.0, 1.0)
     swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927: 0.2)", 0.0, 1.0)
     swa_every: int = _f(50, "SWA snapshot interval in steps (#927: 50)", 1, None)
+    swa_below_lr_scale: float = _f(0.0, "SWA snapshots only while the LR multiplier is below this, every swa_every "
+                                   "steps (0 = off; the #927 and #1406 lineage: 0.2)", 0.0, 1.0)
     val_every: int = _f(0, "validate every N steps (0 = only at the end)", 0, None)
     log_every: int = _f(10, "log a metrics line (and per-group update norms) every N steps", 1, None)
     grad_accum_steps: int = _f(1, "micro-batches per step on each rank (same global batch, less memory)", 1, 1024)
@@ -210,6 +221,9 @@ class OptimConfig(_Group):
     muon_scale_rule: Literal["keller", "moonlight", "none"] = _f(
         "keller", "update scale: keller sqrt(max(1,r/c)), moonlight 0.2*sqrt(max(r,c)), none 1")
     weight_decay: float = _f(0.0, "decoupled weight decay on Muon matrices (#927: 0.04)", 0.0, 1.0)
+    embed_weight_decay: float = _f(0.0, "decoupled (AdamW) weight decay on the embedding tables (the baseline's Adam "
+                                   "has none)", 0.0, 1.0)
+    scalar_weight_decay: float = _f(0.0, "decoupled (AdamW) weight decay on scalars and control vectors", 0.0, 1.0)
     beta1: float = _f(0.9, "Adam beta1", 0.0, 1.0)
     beta2: float = _f(0.95, "Adam beta2", 0.0, 1.0)
     adam_eps: float = _f(1e-8, "Adam epsilon", 0.0, 1.0)
@@ -225,6 +239,11 @@ class QuantConfig(_Group):
     qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#1406: late)", 0.0, 1.0)
     qat_below_lr_scale: float = _f(0.0, "QAT also switches on once the LR multiplier drops below this "
                                    "(#1096: 0.5; #1406 lineage: 0.15; 0 = off)", 0.0, 1.0)
+    qat_scheme: Literal["export", "baseline", "rowmax"] = _f(
+        "export", "per-row scale rule of QAT and the quantization noise in training: export = quant.scheme (the "
+        "export's), or a rule of its own where a seed's QAT differs from its export (#927: rowmax in QAT, the "
+        "baseline's rule at export)")
+    qat_clip_percentile: float = _f(0.0, "per-row |w| percentile of the QAT rule, 0 = quant.clip_percentile", 0.0, 100.0)
     noisy_qat_bits: Literal[0, 3, 4, 5, 6, 8] = _f(
         0, "noise of one quantization step at these bits on the shared blocks' weights in training (#1096: 6)")
     clip_percentile: float = _f(99.99984, "per-row |w| percentile each row is clipped to before rounding "
@@ -238,6 +257,11 @@ class QuantConfig(_Group):
         "auto", "int code layout: dense bit packing, one byte per code, or auto = whichever compresses smaller "
         "(measured: bytes won for the quick model's int6 matrices alone, dense won for whole artifacts)")
     budget_bytes: int = _f(16_000_000, "artifact budget: code + compressed weights (decimal bytes)", 1, None)
+
+    def qat_rule(self) -> tuple[str, float]:
+        """(scheme, clip percentile) of QAT and the training noise: the export's unless set apart."""
+        scheme = self.scheme if self.qat_scheme == "export" else self.qat_scheme
+        return scheme, self.qat_clip_percentile or self.clip_percentile
 
 
 @dataclass(frozen=True)
@@ -412,20 +436,26 @@ class Config:
         need(m.rope_dims % 2 == 0 and m.rope_dims <= hd,
              f"model.rope_dims = {m.rope_dims} must be even and <= the head dim model.dim/model.n_heads = {hd} "
              "(0 = all dims)")
-        has_core = s.kind in ("looped", "hybrid") or (s.kind == "repeat" and bool(s.repeat_layers))
+        has_core = s.kind in ("looped", "cyclic", "hybrid") or (s.kind == "repeat" and bool(s.repeat_layers))
         for key, val in (("output_norm", m.output_norm), ("birkhoff_mix", m.birkhoff_mix)):
             need(val != "core" or has_core, f"model.{key} = 'core' needs a schedule with a looped core "
                  f"(schedule.kind = {s.kind!r} has none): use 'all' or 'off'")
         need(m.last_n_unit == "steps" or has_core or not (m.xsa_last_n or m.ve_last_n),
              f"model.last_n_unit = 'loops' needs a schedule with a looped core (schedule.kind = {s.kind!r} has "
              "none): use 'steps'")
+        need(not (m.step_controls and m.birkhoff_mix != "off"),
+             f"model.step_controls keeps a resid_mix per step, which model.birkhoff_mix = {m.birkhoff_mix!r} replaces: "
+             "turn one of them off")
         need(m.loop_lora_form == "matrices" or m.loop_lora_rank <= 1,
              f"model.loop_lora_rank = {m.loop_lora_rank} needs model.loop_lora_form = 'matrices' "
              "(the 'vectors' form is rank 1)")
-        if s.kind == "looped":
+        if s.kind in ("looped", "cyclic"):
             need(s.n_prelude == 0 and s.n_coda == 0,
-                 "schedule.kind = 'looped' shares every block: set schedule.n_prelude = schedule.n_coda = 0 "
+                 f"schedule.kind = {s.kind!r} shares every block: set schedule.n_prelude = schedule.n_coda = 0 "
                  "or use schedule.kind = 'hybrid'")
+        if s.kind == "cyclic":
+            need(s.n_loops >= s.n_core, f"schedule.kind = 'cyclic' runs schedule.n_loops = {s.n_loops} applications "
+                 f"over schedule.n_core = {s.n_core} blocks: fewer applications than blocks leaves blocks unused")
         bad_targets = sorted(set(m.loop_lora_targets) - set(LORA_TARGETS))
         need(not bad_targets, f"model.loop_lora_targets: unknown {bad_targets}; choose from {list(LORA_TARGETS)}")
         if s.kind == "repeat":
@@ -443,6 +473,7 @@ class Config:
                  f"(schedule.kind = {s.kind!r} has none)")
             per_loop = [k for k, on in (("model.loop_lora_rank", m.loop_lora_rank), ("model.use_loop_scales",
                         m.use_loop_scales), ("model.use_step_scales", m.use_step_scales),
+                        ("model.step_controls", m.step_controls),
                         ("model.use_loop_embedding", m.use_loop_embedding)) if on]
             need(not per_loop, f"train.loop_sampling = {t.loop_sampling!r} needs a model without per-loop "
                  f"parameters (a step with fewer loops leaves them without gradient): turn off {per_loop}")
@@ -464,6 +495,8 @@ class Config:
             return s.n_layers
         if s.kind == "repeat":
             return s.n_layers + len(s.repeat_layers) * (s.n_loops - 1)
+        if s.kind == "cyclic":
+            return s.n_loops
         return s.n_prelude + s.n_core * s.n_loops + s.n_coda
 
     @property

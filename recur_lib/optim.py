@@ -150,6 +150,7 @@ ROUTES: tuple[Route, ...] = (
     Route(r"lm_head\.weight", "head", "untied head: Adam"),
     Route(r"blocks\.\d+\.(attn_scale|mlp_scale|resid_mix|mix_logit|attn\.q_gain)", "scalars", "control tensors: Adam"),
     Route(r"skip_weights|loop_gains|loop_embed|step_scales|smear\.gate", "scalars", "control tensors: Adam"),
+    Route(r"step_controls\.(attn_scale|mlp_scale|resid_mix|q_gain)", "scalars", "per-step control tensors: Adam"),
 )
 
 
@@ -190,9 +191,9 @@ class Optimizers:
             "matrices": ("muon", o.matrix_lr, o.weight_decay, o.muon_scale_rule),
             "lora": (o.lora_optimizer, o.lora_lr, o.lora_weight_decay, o.lora_scale_rule),
             "lora_vectors": ("adamw", o.lora_lr, o.lora_weight_decay, None),
-            "embed": ("adamw", o.tied_embed_lr, 0.0, None),
+            "embed": ("adamw", o.tied_embed_lr, o.embed_weight_decay, None),
             "head": ("adamw", o.head_lr, 0.0, None),
-            "scalars": ("adamw", o.scalar_lr, 0.0, None),
+            "scalars": ("adamw", o.scalar_lr, o.scalar_weight_decay, None),
         }
         self.spec = {g: spec[g] for g in self.groups}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from . import device
-from .config import Config, ConfigError
+from .config import Config, ConfigError, QuantConfig
 from .data import open_data
 from .data.bpb import ByteTables
 from .data.loader import DistributedTokenLoader, load_tokens, trim_for_eval
@@ -147,6 +147,12 @@ def muon_momentum(step: int, cfg: Config) -> float:
     return (1 - frac) * o.muon_momentum_warmup_start + frac * o.muon_momentum
 
 
+def _qat_args(q: QuantConfig) -> tuple[float, str]:
+    """(clip percentile, scheme) of QAT and the training noise, in set_qat's order (`QuantConfig.qat_rule`)."""
+    scheme, clip = q.qat_rule()
+    return clip, scheme
+
+
 def qat_on(step: int, lr_multiplier: float, cfg: Config) -> bool:
     """STE QAT from quant.qat_start_frac of the run (#927: from step 0; #1406: late), or once the LR
     multiplier drops below quant.qat_below_lr_scale (#1096: 0.5, in warmdown)."""
@@ -193,19 +199,28 @@ class WeightAverager:
         self.decay = ph["ema_decay"]
         self.swa_start = ph["swa_start_step"]
         self.swa_every = cfg.train.swa_every
+        self.swa_below = cfg.train.swa_below_lr_scale
         params = dict(model.named_parameters())
         self.ema = {n: p.detach().float().clone() for n, p in params.items()} if self.decay else None
         self.swa: dict[str, torch.Tensor] | None = None
         self.swa_count = 0
 
+    def swa_due(self, step: int, lr_scale: float) -> bool:
+        """Whether the step that completes `step` steps, run at LR multiplier lr_scale, adds an SWA snapshot:
+        every swa_every steps from the start step, or, with train.swa_below_lr_scale, every swa_every steps
+        (counted from 0) while the multiplier is below it (#927, #1406 lineage: `scale < 0.2`, every 50)."""
+        if self.swa_below:
+            return lr_scale < self.swa_below and step % self.swa_every == 0 and step >= (self.swa_start or 0)
+        return self.swa_start is not None and step >= self.swa_start and (step - self.swa_start) % self.swa_every == 0
+
     @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        """Call after the optimizer step that completes `step` steps."""
+    def update(self, model: torch.nn.Module, step: int, lr_scale: float = 1.0) -> None:
+        """Call after the optimizer step that completes `step` steps, run at LR multiplier lr_scale."""
         params = dict(model.named_parameters())
         if self.ema is not None:
             for n, p in params.items():
                 self.ema[n].lerp_(p.detach().float(), 1 - self.decay)
-        if self.swa_start is not None and step >= self.swa_start and (step - self.swa_start) % self.swa_every == 0:
+        if self.swa_due(step, lr_scale):
             self.swa_count += 1
             if self.swa is None:
                 self.swa = {n: p.detach().float().clone() for n, p in params.items()}
@@ -217,7 +232,8 @@ class WeightAverager:
         if mode == "auto":
             mode = "swa" if self.swa is not None else "ema" if self.ema is not None else "raw"
         if mode == "swa" and self.swa is None:
-            raise ConfigError("train.eval_weights = 'swa' but no SWA snapshot was taken (set train.swa_start_frac)")
+            raise ConfigError("train.eval_weights = 'swa' but no SWA snapshot was taken (set train.swa_start_frac or "
+                              "train.swa_below_lr_scale)")
         if mode == "ema" and self.ema is None:
             raise ConfigError("train.eval_weights = 'ema' but EMA is off (set train.ema_decay)")
         return mode, {"swa": self.swa, "ema": self.ema, "raw": None}[mode]
@@ -418,7 +434,7 @@ def _setup(cfg: Config, rt: device.Runtime, run: RunFolder) -> Job:
     model = build_model(cfg).to(rt.device)
     if cfg.quant.noisy_qat_bits:  # #1096: the shared blocks only, the whole run
         for b in model.max_loop:
-            set_quant_noise(model.blocks[b], cfg.quant.noisy_qat_bits, cfg.quant.clip_percentile, cfg.quant.scheme)
+            set_quant_noise(model.blocks[b], cfg.quant.noisy_qat_bits, *_qat_args(cfg.quant))
     opt = Optimizers(model, cfg)
     averager = WeightAverager(model, cfg)
     # Before #1406-style repeats switch on, the second pass's per-loop parameters get no gradient.
@@ -486,7 +502,7 @@ def _restore(job: Job) -> TrainState:
     state.last_good_step = state.step  # the checkpoint itself is the last good state
     if state.qat:  # as the last step left the model: a run resumed at its end validates as it would have
         q = job.cfg.quant
-        set_qat(job.model, q.qat_bits, q.clip_percentile, q.scheme)
+        set_qat(job.model, q.qat_bits, *_qat_args(q))
     dropped, torn = job.run.trim_metrics(state.step)
     job.run.log(f"resumed from step {state.step} ({state.elapsed:.1f} s of training)"
                 + (f"; dropped {dropped} metrics lines written after it" + (", the last one torn" if torn else "")
@@ -503,7 +519,7 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     scale = lr_scale(state.step, state.elapsed, cfg)
     if job.qat_start is not None:
         state.qat = qat_on(state.step, scale, cfg)
-        set_qat(model, cfg.quant.qat_bits if state.qat else 0, cfg.quant.clip_percentile, cfg.quant.scheme)
+        set_qat(model, cfg.quant.qat_bits if state.qat else 0, *_qat_args(cfg.quant))
     opt.set_lr_scale(scale, lora_scale=lora_lr_scale(state.step, cfg))
     opt.set_muon_momentum(muon_momentum(state.step, cfg))
     log_step = (state.step + 1) % t.log_every == 0 or state.step + 1 == t.iterations
@@ -525,7 +541,7 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     before = {g: [p.detach().clone() for _, p in named] for g, named in opt.groups.items()} if log_step else None
     opt.step()
     opt.zero_grad()
-    job.averager.update(model, state.step + 1)
+    job.averager.update(model, state.step + 1, scale)
     if rt.device.type == "cuda":
         torch.cuda.synchronize()
     state.elapsed += time.perf_counter() - t0

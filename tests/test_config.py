@@ -57,7 +57,7 @@ def test_overrides_parse_strings_by_field_type() -> None:
     ({"model.dim": 12.5}, r"model\.dim = 12\.5: must be an integer"),
     ({"model.dim": "wide"}, r"model\.dim = 'wide': must be an integer"),
     ({"model.use_smear_gate": "maybe"}, r"model\.use_smear_gate = 'maybe': must be true or false"),
-    ({"schedule.kind": "loopd"}, r"schedule\.kind = 'loopd': must be one of \['flat', 'looped', 'hybrid', 'repeat'\]"),
+    ({"schedule.kind": "loopd"}, r"schedule\.kind = 'loopd': must be one of \['flat', 'looped', 'cyclic', 'hybrid', 'repeat'\]"),
     ({"quant.export_bits": 7}, r"quant\.export_bits = 7: must be one of \[3, 4, 5, 6, 8, 16\]"),
     ({"optim.beta2": 1.5}, r"optim\.beta2 = 1\.5: out of range, allowed \[0\.0, 1\.0\]"),
     ({"optim.matrix_lr": float("nan")}, r"optim\.matrix_lr = nan: must be finite"),

@@ -76,6 +76,17 @@ class StepExtras:
     mlp_gain: torch.Tensor | None = None   # (dim,) per-loop gain x clamped step scale on the MLP branch
     xsa: bool = False                      # exclusive self-attention at this step
     ve: torch.Tensor | None = None         # (B, T, kv_dim) value embedding to add to v
+    controls: "StepControls | None" = None  # this step's own control tensors (model.step_controls)
+
+
+@dataclass
+class StepControls:
+    """One schedule step's control tensors, used in place of its block's (`model.step_controls`): a
+    shared block then scales its branches, mixes in x0 and sharpens its queries per application."""
+    attn_scale: torch.Tensor  # (dim,)
+    mlp_scale: torch.Tensor   # (dim,)
+    resid_mix: torch.Tensor   # (2, dim)
+    q_gain: torch.Tensor      # (n_heads,)
 
 
 def _weight(linear: QLinear, extras: StepExtras | None, name: str) -> torch.Tensor:
@@ -94,7 +105,7 @@ def _proj(linear: QLinear, x: torch.Tensor, extras: StepExtras | None, name: str
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, rope_base: float, qk_gain_init: float,
-                 rope_dims: int = 0) -> None:
+                 rope_dims: int = 0, own_controls: bool = True) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         kv_dim = n_kv_heads * self.head_dim
@@ -103,7 +114,8 @@ class CausalSelfAttention(nn.Module):
         self.v = QLinear(dim, kv_dim, bias=False)
         self.o = QLinear(dim, dim, bias=False)
         nn.init.zeros_(self.o.weight)  # the block starts as identity
-        self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init))
+        # with model.step_controls the steps hold the query gains (StepControls), not the block
+        self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init)) if own_controls else None
         self.rotary = Rotary(self.head_dim, rope_base, rope_dims)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
@@ -120,7 +132,8 @@ class CausalSelfAttention(nn.Module):
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(T, x.device)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        gain = self.q_gain if extras is None or extras.controls is None else extras.controls.q_gain
+        q = q * gain.to(q.dtype)[None, :, None, None]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         if extras is not None and extras.xsa:
             y = exclusive_self_attention(y, v)
@@ -157,18 +170,18 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, mlp_hidden: int, rope_base: float,
                  qk_gain_init: float, *, mlp_act: str = "relu2", rope_dims: int = 0, output_norm: bool = False,
-                 birkhoff: bool = False, ln_scale: float = 1.0) -> None:
+                 birkhoff: bool = False, ln_scale: float = 1.0, own_controls: bool = True) -> None:
         super().__init__()
-        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init, rope_dims)
+        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init, rope_dims, own_controls)
         self.mlp = MLP(dim, mlp_hidden, mlp_act)
-        self.attn_scale = nn.Parameter(torch.ones(dim))
-        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        # own_controls=False (model.step_controls): every step passes its own StepControls instead
+        self.attn_scale = nn.Parameter(torch.ones(dim)) if own_controls else None
+        self.mlp_scale = nn.Parameter(torch.ones(dim)) if own_controls else None
+        self.mix_logit = self.resid_mix = None
         if birkhoff:
             self.mix_logit = nn.Parameter(torch.zeros(1))  # sigmoid(0) = 0.5: half stream, half x0 (#1096)
-            self.resid_mix = None
-        else:
+        elif own_controls:
             self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # (2, dim): [x, x0]
-            self.mix_logit = None
         self.out_norm = output_norm  # Output-LN: norm the branch outputs, not their inputs
         self.ln_scale = ln_scale
 
@@ -182,16 +195,18 @@ class Block(nn.Module):
         return output_norm(y) if self.out_norm else y
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
+        c = extras.controls if extras is not None else None
         if self.mix_logit is not None:
             x = birkhoff_mix(x, x0, self.mix_logit)
         else:
-            mix = self.resid_mix.to(x.dtype)
+            mix = (self.resid_mix if c is None else c.resid_mix).to(x.dtype)
             x = mix[0] * x + mix[1] * x0
-        a = self.attn_scale.to(x.dtype) * self._branch_out(self.attn(self._branch_in(x), extras))
+        attn_scale, mlp_scale = (self.attn_scale, self.mlp_scale) if c is None else (c.attn_scale, c.mlp_scale)
+        a = attn_scale.to(x.dtype) * self._branch_out(self.attn(self._branch_in(x), extras))
         if extras is not None and extras.attn_gain is not None:
             a = a * extras.attn_gain.to(x.dtype)
         x = x + a
-        m = self.mlp_scale.to(x.dtype) * self._branch_out(self.mlp(self._branch_in(x), extras))
+        m = mlp_scale.to(x.dtype) * self._branch_out(self.mlp(self._branch_in(x), extras))
         if extras is not None and extras.mlp_gain is not None:
             m = m * extras.mlp_gain.to(x.dtype)
         return x + m

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from .blocks import Block, StepExtras, rms_norm
+from .blocks import Block, StepControls, StepExtras, rms_norm
 from .fused import softcap_cross_entropy
 from .lora import LoopLoRA
 from .schedule import Step, build_schedule, format_schedule, n_unique_blocks, shared_blocks
@@ -45,7 +45,8 @@ class RecurGPT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(m.dim, m.n_heads, m.n_kv_heads, hidden, m.rope_base, m.qk_gain_init, mlp_act=m.mlp_act,
                   rope_dims=m.rope_dims, output_norm=in_scope(m.output_norm, b),
-                  birkhoff=in_scope(m.birkhoff_mix, b), ln_scale=ln_scale_factor(b) if m.ln_scale else 1.0)
+                  birkhoff=in_scope(m.birkhoff_mix, b), ln_scale=ln_scale_factor(b) if m.ln_scale else 1.0,
+                  own_controls=not m.step_controls)
             for b in range(n_unique_blocks(s)))
         n = len(self.steps)
         self.n_encoder = m.unet_encoder_steps or n // 2
@@ -85,6 +86,15 @@ class RecurGPT(nn.Module):
         # (step, [attn, mlp], dim): every schedule step's branch scales, clamped at use (#1096 ts_attn/ts_mlp)
         self.step_scales = nn.Parameter(torch.ones(len(self.steps), 2, d)) if m.use_step_scales else None
         self.step_index = {(st.block, st.loop): i for i, st in enumerate(self.steps)}  # (block, loop) is unique
+        # model.step_controls: (step, ...) tables of the blocks' control tensors, one row per schedule step, with
+        # the blocks' inits (#927 and #341 keep attn/mlp scales, resid_mix and q_gain per effective layer)
+        self.step_controls = None
+        if m.step_controls:
+            n, heads = len(self.steps), m.n_heads
+            self.step_controls = nn.ParameterDict({
+                "attn_scale": nn.Parameter(torch.ones(n, d)), "mlp_scale": nn.Parameter(torch.ones(n, d)),
+                "resid_mix": nn.Parameter(torch.stack((torch.ones(n, d), torch.zeros(n, d)), dim=1)),
+                "q_gain": nn.Parameter(torch.full((n, heads), m.qk_gain_init))})
 
     def _key(self, st: Step) -> tuple[int, int] | None:
         if st.block not in self.max_loop:
@@ -110,10 +120,14 @@ class RecurGPT(nn.Module):
         if self.step_scales is not None:
             scales = clamped_step_scales(self.step_scales, self.step_scale_row(st), m.step_scale_clamp)
             gains = scales if gains is None else gains * scales
-        if lora is None and gains is None and not xsa and ve_i is None:
+        controls = None
+        if self.step_controls is not None:
+            row, c = self.step_scale_row(st), self.step_controls
+            controls = StepControls(c["attn_scale"][row], c["mlp_scale"][row], c["resid_mix"][row], c["q_gain"][row])
+        if lora is None and gains is None and not xsa and ve_i is None and controls is None:
             return None
         return StepExtras(lora=lora, attn_gain=None if gains is None else gains[0],
-                          mlp_gain=None if gains is None else gains[1], xsa=xsa, ve=ve_i)
+                          mlp_gain=None if gains is None else gains[1], xsa=xsa, ve=ve_i, controls=controls)
 
     # -- forward -------------------------------------------------------------------------------------
 
@@ -203,7 +217,7 @@ class RecurGPT(nn.Module):
             (f"birkhoff_mix({m.birkhoff_mix})", m.birkhoff_mix != "off"),
             (f"step_scales(clamp {m.step_scale_clamp:g})", self.step_scales is not None),
             ("leaky_relu2", m.mlp_act == "leaky_relu2"), (f"partial_rope({m.rope_dims})", m.rope_dims),
-            ("ln_scale", m.ln_scale)] if on]
+            ("ln_scale", m.ln_scale), ("step_controls", m.step_controls)] if on]
         lines.append("tricks    " + (", ".join(tricks) if tricks else "none"))
         for k, v in self.param_groups().items():
             lines.append(f"params    {k:<14} {v:>12,}")

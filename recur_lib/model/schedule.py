@@ -3,9 +3,11 @@
 Every architecture in the seeds is one schedule over the same blocks:
 
     flat     [0, 1, ..., n-1]                           baseline 9x512
-    looped   [0..K-1] x L                               #927: 4 x 7
+    looped   [0..K-1] x L                               4 blocks x 7 passes = 28 steps
+    cyclic   [i % K for i in 0..L-1]                    #927: 7 applications of 4 blocks, 0 1 2 3 0 1 2
     hybrid   prelude + [core] x L + coda                #1096: 1 + 4x3 + 1, #341
-    repeat   [0..a-1] + [a..b] x L + [b+1..n-1]         #1406: 11 blocks, 4 and 5 run twice (L = 2)
+    repeat   [0..a-1] + [a..b] x L + [b+1..n-1]         in place
+             [0..n-1] + [a..b] x (L - 1)                after the stack (repeat_at = "after")
 
 The schedule is a plain tuple computed once from the config, so torch.compile sees a static graph.
 A block is *shared* when more than one step runs it; per-loop parameters (LoRA, loop scales, loop
@@ -28,6 +30,8 @@ class Step:
 def n_unique_blocks(s: ScheduleConfig) -> int:
     if s.kind in ("flat", "repeat"):
         return s.n_layers
+    if s.kind == "cyclic":
+        return s.n_core
     return s.n_prelude + s.n_core + s.n_coda
 
 
@@ -44,10 +48,15 @@ def build_schedule(s: ScheduleConfig, n_loops: int | None = None, repeats_on: bo
             return tuple(Step(i, 0, "flat") for i in range(s.n_layers))
         seg = sorted(s.repeat_layers)
         a, b = seg[0], seg[-1]
+        if s.repeat_at == "after":  # the stack once, its segment's blocks marked as the core; then the extra passes
+            steps = [Step(i, 0, "repeat" if i in seg else "flat") for i in range(s.n_layers)]
+            return tuple(steps + [Step(i, p, "repeat") for p in range(1, loops) for i in seg])
         steps = [Step(i, 0, "flat") for i in range(a)]
         steps += [Step(i, p, "repeat") for p in range(loops) for i in seg]  # the segment runs `loops` times
         steps += [Step(i, 0, "flat") for i in range(b + 1, s.n_layers)]
         return tuple(steps)
+    if s.kind == "cyclic":  # application i runs block i % K, in pass i // K
+        return tuple(Step(i % s.n_core, i // s.n_core, "core") for i in range(loops))
     pre = [Step(i, 0, "prelude") for i in range(s.n_prelude)]
     core = [Step(s.n_prelude + i, loop, "core") for loop in range(loops) for i in range(s.n_core)]
     off = s.n_prelude + s.n_core

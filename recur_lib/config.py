@@ -137,6 +137,9 @@ class ScheduleConfig(_Group):
     n_coda: int = _f(0, "unique blocks after the shared core (hybrid)", 0, 1024)
     repeat_layers: tuple[int, ...] = _f((), "contiguous block indices run n_loops times (repeat; #1406: (4, 5))")
     repeat_start_frac: float = _f(0.0, "fraction of training after which repeats switch on (repeat)", 0.0, 1.0)
+    repeat_start_unit: Literal["steps", "clock"] = _f(
+        "steps", "what repeat_start_frac is a fraction of: train.iterations, or the wall-clock cap train.max_wallclock_s "
+        "(the records since #1855: ENABLE_LOOPING_AT of the training time; steps when there is no cap)")
     repeat_at: Literal["in_place", "after"] = _f(
         "in_place", "where a repeat schedule's extra passes run: in place (0..a-1, segment x n_loops, b+1..n-1) or "
         "after the whole stack (0..n-1, then the segment n_loops - 1 more times)")

@@ -147,6 +147,17 @@ def muon_momentum(step: int, cfg: Config) -> float:
     return (1 - frac) * o.muon_momentum_warmup_start + frac * o.muon_momentum
 
 
+def repeats_on(step: int, elapsed_s: float, start_step: int, cfg: Config) -> bool:
+    """Whether a repeat schedule runs its extra passes at this step: from repeat_start_frac of the steps, or
+    of the wall-clock cap (schedule.repeat_start_unit = 'clock', as the records since #1855 switch their
+    loop on at 35% of the training time; training time as the warmdown's clock counts it). Once on, a
+    clock switch stays on, as theirs does: training time only grows."""
+    s, cap = cfg.schedule, cfg.train.max_wallclock_s
+    if s.repeat_start_unit == "clock" and cap > 0:
+        return elapsed_s >= s.repeat_start_frac * cap
+    return step >= start_step
+
+
 def _qat_args(q: QuantConfig) -> tuple[float, str]:
     """(clip percentile, scheme) of QAT and the training noise, in set_qat's order (`QuantConfig.qat_rule`)."""
     scheme, clip = q.qat_rule()
@@ -515,7 +526,7 @@ def _step(job: Job, state: TrainState) -> dict[str, Any]:
     (on log steps with the per-group update RMS and the LoRA factor norms)."""
     cfg, rt, model, opt = job.cfg, job.rt, job.model, job.opt
     t = cfg.train
-    model.repeats_on = state.step >= job.repeat_start
+    model.repeats_on = repeats_on(state.step, state.elapsed, job.repeat_start, cfg)
     scale = lr_scale(state.step, state.elapsed, cfg)
     if job.qat_start is not None:
         state.qat = qat_on(state.step, scale, cfg)

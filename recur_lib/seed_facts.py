@@ -1,0 +1,245 @@
+"""What each seed PR's own code ran, and the check of our seed presets against it.
+
+A facts file `reference/seeds/<N>.json` holds, for PR #N at a named head commit, the value its
+`train_gpt.py` ran for every config field we can express (its `Hyperparameters` default unless the
+README's run command overrides it), each with where it is written (file:line at that commit, or a
+train-log line), its full run length and parameter count from its logs, and what our config cannot
+express. Facts only: the PR's values, never its code.
+
+    facts = load_facts(927)                   # refused if the file is for another PR or head
+    rows = compare("seed-927")                # per field: ours, the PR's, where, deviation and reason
+    print(format_comparison("seed-927"))      # what `recur config show --preset seed-927` prints
+
+A seed preset (`presets.PRESETS`) is written by hand; `presets.DEVIATIONS` names every field where it
+differs from the facts, with the reason ("not expressible: ...", "assumed: ...", "PR text: ...",
+"compliance: ..."). `unexplained` lists the differences no deviation names, and deviations that no
+longer differ; tests/test_seed_facts.py keeps both lists empty for every seed preset.
+"""
+from __future__ import annotations
+
+import json
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .config import _GROUPS, Config, ConfigError, _check_value, all_keys
+from .paths import PROJECT_ROOT
+from .presets import DEVIATIONS, PR_URL, SCALED_SEEDS, SEEDS, Seed
+
+FACTS_DIR = PROJECT_ROOT / "reference" / "seeds"
+# Why a preset may differ from its PR's code; the README's provenance block groups deviations by these.
+REASONS = ("not expressible", "assumed", "PR text", "compliance")
+# Keys the facts files leave out: run operation (logging, checkpoints, monitors, eval batching), not what is computed.
+OPERATIONAL = frozenset({
+    "train.val_every", "train.log_every", "train.ckpt_every", "train.diverge_rel_nats", "train.diverge_loss",
+    "train.diverge_patience", "train.loop_sampling", "train.loop_sampling_max", "eval.batch_tokens",
+    "eval.eval_loops", "quant.pack", "quant.budget_bytes"})
+FACT_GROUPS = ("model", "schedule", "train", "optim", "quant", "eval")
+
+
+class FactsError(ValueError):
+    """A facts file is missing, malformed, for another PR or head, or names no config field."""
+
+
+@dataclass(frozen=True)
+class Fact:
+    value: Any     # in our config's terms and units
+    where: str     # "train_gpt.py:123", "README.md:40", "train_seed1337.log:312", or "absent: ..."
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    pr: int
+    head: str
+    folder: str
+    run_command: dict[str, str]
+    logs: list[dict[str, Any]]
+    run_steps: Fact
+    params: Fact
+    fields: dict[str, Fact]
+    not_expressible: list[dict[str, str]]
+    compliance: str
+    extra: dict[str, Any]   # anything else the file records (e.g. the parts of a record stack left out)
+
+    @property
+    def source_url(self) -> str:
+        return f"https://github.com/openai/parameter-golf/blob/{self.head}/{self.folder}"
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise FactsError(f"duplicate keys {dup}: each key may appear once")
+    return dict(pairs)
+
+
+def _fact(path: Path, name: str, raw: Any) -> Fact:
+    if not isinstance(raw, dict) or "value" not in raw or not isinstance(raw.get("where"), str) or not raw["where"]:
+        raise FactsError(f"{path}: {name} must be an object with a 'value' and a non-empty 'where' (file:line)")
+    return Fact(raw["value"], raw["where"], str(raw.get("note", "")))
+
+
+def _field_types() -> dict[str, tuple[Any, Any]]:
+    out = {}
+    for g, cls in _GROUPS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            out[f"{g}.{f.name}"] = (hints[f.name], f.metadata)
+    return out
+
+
+def seed_of(pr: int) -> Seed:
+    for s in SEEDS:
+        if s.pr == pr:
+            return s
+    raise FactsError(f"#{pr} is not a seed; seeds: {[s.pr for s in SEEDS]}")
+
+
+def load_facts(pr: int, path: str | Path | None = None) -> Facts:
+    """The facts of seed PR #pr, checked: the file is for that PR at the head commit `presets.SEEDS` names,
+    every field is a config key with a value of its type."""
+    seed = seed_of(pr)
+    path = Path(path) if path is not None else FACTS_DIR / f"{pr}.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
+    except FileNotFoundError:
+        raise FactsError(f"{path}: no facts file for #{pr}; it is part of the checkout (reference/seeds/)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FactsError(f"{path}: not a JSON facts file ({e})") from None
+    if not isinstance(raw, dict):
+        raise FactsError(f"{path}: a facts file is a JSON object, got {type(raw).__name__}")
+    if raw.get("pr") != pr:
+        raise FactsError(f"{path}: the file is for PR #{raw.get('pr')}, not #{pr}")
+    if raw.get("head") != seed.head:
+        raise FactsError(f"{path}: facts read at head {raw.get('head')!r}, but {seed.preset} follows #{pr} at head "
+                         f"{seed.head}: re-read the PR at that commit, or update presets.SEEDS with a reason")
+    if not isinstance(raw.get("fields"), dict) or not raw["fields"]:
+        raise FactsError(f"{path}: 'fields' must map config keys to facts")
+    types, known = _field_types(), set(all_keys())
+    facts: dict[str, Fact] = {}
+    for key, item in raw["fields"].items():
+        if key not in known:
+            raise FactsError(f"{path}: fields.{key} names no config field (`recur config fields` lists them)")
+        fact = _fact(path, f"fields.{key}", item)
+        tp, meta = types[key]
+        try:
+            value = _check_value(key, fact.value, tp, meta)
+        except ConfigError as e:
+            raise FactsError(f"{path}: {e}") from None
+        facts[key] = Fact(value, fact.where, fact.note)
+    known_top = {"pr", "head", "folder", "script", "run_command", "logs", "run_steps", "params", "fields",
+                 "not_expressible", "compliance"}
+    return Facts(pr=pr, head=raw["head"], folder=str(raw.get("folder", "")), run_command=raw.get("run_command") or {},
+                 logs=list(raw.get("logs") or []), run_steps=_fact(path, "run_steps", raw.get("run_steps")),
+                 params=_fact(path, "params", raw.get("params")), fields=facts,
+                 not_expressible=list(raw.get("not_expressible") or []), compliance=str(raw.get("compliance") or ""),
+                 extra={k: v for k, v in raw.items() if k not in known_top})
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    ours: Any
+    theirs: Any
+    where: str
+    reason: str   # the deviation's reason ("" when ours is the PR's value)
+
+    @property
+    def differs(self) -> bool:
+        return self.ours != self.theirs
+
+
+def _value(cfg: Config, key: str) -> Any:
+    group, name = key.split(".")
+    return getattr(getattr(cfg, group), name)
+
+
+def preset_seed(preset: str) -> Seed | None:
+    """The seed a full-size seed preset (or a variant built on one, e.g. seed-1406-legal) follows."""
+    base = preset
+    from .presets import PRESETS
+    while base in PRESETS and PRESETS[base][0] not in (None, "pg-baseline"):
+        base = PRESETS[base][0]
+    return next((s for s in SEEDS if s.preset == base), None)
+
+
+def compare(preset: str) -> list[Row]:
+    """Every field of the seed's facts: our preset's value, the PR's, where it is written, and the named
+    deviation's reason where they differ."""
+    seed = preset_seed(preset)
+    if seed is None or preset in SCALED_SEEDS:
+        raise FactsError(f"{preset!r} is not a full-size seed preset; seed presets: {[s.preset for s in SEEDS]}")
+    facts, cfg, dev = load_facts(seed.pr), Config.from_name(preset), DEVIATIONS.get(preset, {})
+    return [Row(k, _value(cfg, k), f.value, f.where, dev.get(k, "")) for k, f in facts.fields.items()]
+
+
+def unexplained(preset: str) -> list[str]:
+    """What the check refuses: a difference from the PR that no deviation names, a deviation whose
+    reason is not one of REASONS, a deviation on a field that does not differ, a deviation on a field the
+    facts do not cover, and a facts file that leaves out a field it should cover."""
+    rows = compare(preset)
+    seed = preset_seed(preset)
+    dev = DEVIATIONS.get(preset, {})
+    out = [f"{r.key}: ours {r.ours!r}, #{seed.pr}'s {r.theirs!r} ({r.where}) and no deviation names it"
+           for r in rows if r.differs and not r.reason]
+    out += [f"{r.key}: a deviation, but ours equals #{seed.pr}'s {r.theirs!r}" for r in rows if r.reason and not r.differs]
+    covered = {r.key for r in rows}
+    out += [f"{k}: a deviation on a field the facts do not cover" for k in dev if k not in covered]
+    out += [f"{k}: deviation reason {why!r} must start with one of {list(REASONS)} and a colon"
+            for k, why in dev.items() if not any(why.startswith(r + ": ") for r in REASONS)]
+    must = {k for k in all_keys() if k.split(".")[0] in FACT_GROUPS and k not in OPERATIONAL}
+    out += [f"{k}: the facts file of #{seed.pr} leaves it out" for k in sorted(must - covered)]
+    return out
+
+
+def format_comparison(preset: str, all_fields: bool = True) -> str:
+    """Per field: ours, the PR's, where the PR's value is written; deviations marked '!' with their reason."""
+    seed = preset_seed(preset)
+    facts = load_facts(seed.pr)
+    rows = compare(preset)
+    n_dev = sum(r.differs for r in rows)
+    lines = [f"# {preset} against #{seed.pr}'s code at {facts.head[:10]} ({facts.folder})",
+             f"# {len(rows)} fields, {len(rows) - n_dev} as the PR ran them, {n_dev} deviations (!)"]
+    w = max(len(r.key) for r in rows)
+    for r in rows:
+        if not all_fields and not r.differs:
+            continue
+        mark = "!" if r.differs else " "
+        line = f"{mark} {r.key:<{w}}  ours {r.ours!r:<14} PR {r.theirs!r:<14} {r.where}"
+        lines.append(line + (f"\n    {r.reason}" if r.differs else ""))
+    if facts.compliance:
+        lines.append(f"# compliance: {facts.compliance}")
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return repr(list(v) if isinstance(v, tuple) else v)
+
+
+def sources_markdown() -> str:
+    """The README's provenance block: per seed preset, its PR head, the run length and parameter count from
+    the PR's logs, and every deviation from the PR's code, grouped by reason."""
+    from .presets import PRESETS
+    lines = []
+    presets = [p for p in PRESETS if preset_seed(p) is not None and p not in SCALED_SEEDS]
+    for preset in presets:
+        seed = preset_seed(preset)
+        facts = load_facts(seed.pr)
+        rows = compare(preset)
+        devs = [r for r in rows if r.differs]
+        lines.append(f"- **{preset}** ([#{seed.pr}]({PR_URL.format(seed.pr)}) at `{facts.head[:10]}`, "
+                     f"`{facts.folder.rsplit('/', 1)[-1]}`): {len(rows) - len(devs)} of {len(rows)} fields as its "
+                     f"code ran them; full run {facts.run_steps.value:,} steps ({facts.run_steps.where}); "
+                     f"{facts.params.value:,} parameters in its log ({facts.params.where})")
+        for reason in REASONS:
+            group = [r for r in devs if r.reason.startswith(reason + ": ")]
+            if group:
+                lines.append(f"  - {reason}: " + "; ".join(
+                    f"`{r.key}` ours {_fmt(r.ours)}, PR {_fmt(r.theirs)} ({r.reason[len(reason) + 2:]})" for r in group))
+        if facts.not_expressible:
+            lines.append("  - not expressible in our config at all: " + "; ".join(
+                str(n.get("what", "")).rstrip(".") for n in facts.not_expressible))
+    return "\n".join(lines)

@@ -84,6 +84,8 @@ class ModelConfig(_Group):
                                  0, 4096)
     xsa_last_n: int = _f(0, "exclusive self-attention in the last N schedule steps (#927: 4)", 0, 1024)
     ve_last_n: int = _f(0, "value embedding added to attention values in the last N steps (#927: 2)", 0, 1024)
+    ve_steps: tuple[int, ...] = _f((), "schedule steps that add the value embedding, instead of the last ve_last_n "
+                                   "(#1096: VE_LAYERS 9,10 of its 14 steps); needs ve_last_n = 0")
     ve_dim: int = _f(128, "value-embedding table width (#927: 128)", 1, 4096)
     use_smear_gate: bool = _f(False, "SmearGate: learned per-dim blend with the previous token (#927)")
     bigram_buckets: int = _f(0, "BigramHash buckets, 0 = off (#927: 10240, #1406: 1536)", 0, 1 << 22)
@@ -95,8 +97,9 @@ class ModelConfig(_Group):
                                             "projections of shared blocks that get per-loop LoRA")
     use_loop_embedding: bool = _f(False, "add a learned embedding of the loop index to the residual")
     use_loop_scales: bool = _f(False, "per-loop float gains on shared blocks' attn/mlp branches")
-    last_n_unit: Literal["steps", "loops"] = _f(
-        "steps", "what xsa_last_n / ve_last_n count: schedule steps, or passes of the looped core from the end "
+    last_n_unit: Literal["steps", "loops", "blocks"] = _f(
+        "steps", "what xsa_last_n / ve_last_n count: schedule steps, unique blocks (the last N blocks by index, on "
+        "every step that runs them: #1406's XSA on blocks 7-10), or passes of the looped core from the end "
         "(#927: 'last 4 loops' = 16 steps at 4 blocks/loop), always with the steps after the core (coda)")
     mlp_act: Literal["relu2", "leaky_relu2"] = _f(
         "relu2", "MLP activation: relu(x)^2 (baseline) or leaky_relu(x, 0.5)^2 (#1096, #1406 lineage)")
@@ -156,10 +159,10 @@ class TrainConfig(_Group):
     lr_warmup_steps: int = _f(0, "linear LR warmup steps (the baseline has none: its LR multiplier is 1 from step 0)",
                               0, None)
     lr_warmup_frac: float = _f(0.0, "LR warmup as a fraction of train.iterations (> 0 overrides lr_warmup_steps)",
-                               0.0, 1.0)
+                               0.0, 100.0)
     warmdown_iters: int = _f(1200, "linear warmdown over the last N steps", 0, None)
     warmdown_frac: float = _f(0.0, "warmdown as a fraction of train.iterations (> 0 overrides warmdown_iters)",
-                              0.0, 1.0)
+                              0.0, 100.0)
     max_wallclock_s: float = _f(600.0, "wall-clock cap; warmdown follows it (0 = none)", 0.0, None)
     grad_clip: float = _f(0.0, "global grad-norm clip (0 = off; #927: 0.3)", 0.0, None)
     ema_decay: float = _f(0.0, "EMA of weights, 0 = off (#1406 uses EMA)", 0.0, 1.0)
@@ -213,11 +216,11 @@ class OptimConfig(_Group):
     muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0", 0.0, 1.0)
     muon_momentum_warmup_steps: int = _f(500, "steps to warm Muon momentum up", 0, None)
     muon_momentum_warmup_frac: float = _f(0.0, "momentum warmup as a fraction of train.iterations (> 0 overrides "
-                                          "muon_momentum_warmup_steps)", 0.0, 1.0)
+                                          "muon_momentum_warmup_steps)", 0.0, 100.0)
     lora_warmup_steps: int = _f(0, "linear warmup of the LoRA factors' lr, on top of the LR schedule (#1096 v7: 2000)",
                                 0, None)
     lora_warmup_frac: float = _f(0.0, "LoRA warmup as a fraction of train.iterations (> 0 overrides lora_warmup_steps)",
-                                 0.0, 1.0)
+                                 0.0, 100.0)
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations", 1, 20)
     muon_row_normalize: bool = _f(False, "MuonEq-R: rows of the block matrices' update scaled to unit norm before "
                                   "Newton-Schulz (#1217, #1406)")
@@ -443,12 +446,14 @@ class Config:
         for key, val in (("output_norm", m.output_norm), ("birkhoff_mix", m.birkhoff_mix)):
             need(val != "core" or has_core, f"model.{key} = 'core' needs a schedule with a looped core "
                  f"(schedule.kind = {s.kind!r} has none): use 'all' or 'off'")
-        need(m.last_n_unit == "steps" or has_core or not (m.xsa_last_n or m.ve_last_n),
+        need(m.last_n_unit != "loops" or has_core or not (m.xsa_last_n or m.ve_last_n),
              f"model.last_n_unit = 'loops' needs a schedule with a looped core (schedule.kind = {s.kind!r} has "
              "none): use 'steps'")
         need(not (m.step_controls and m.birkhoff_mix != "off"),
              f"model.step_controls keeps a resid_mix per step, which model.birkhoff_mix = {m.birkhoff_mix!r} replaces: "
              "turn one of them off")
+        need(not (m.ve_steps and m.ve_last_n), f"model.ve_steps = {list(m.ve_steps)} and model.ve_last_n = "
+             f"{m.ve_last_n} both place the value embedding: set one of them")
         need(m.loop_lora_form == "matrices" or m.loop_lora_rank <= 1,
              f"model.loop_lora_rank = {m.loop_lora_rank} needs model.loop_lora_form = 'matrices' "
              "(the 'vectors' form is rank 1)")

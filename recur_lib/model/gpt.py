@@ -57,7 +57,7 @@ class RecurGPT(nn.Module):
         self.smear = SmearGate(m.dim) if m.use_smear_gate else None
         self.bigram = BigramHash(m.bigram_buckets, m.bigram_dim, m.dim) if m.bigram_buckets else None
         kv_dim = m.n_kv_heads * (m.dim // m.n_heads)
-        self.value_embed = ValueEmbedding(m.vocab_size, m.ve_dim, kv_dim) if m.ve_last_n else None
+        self.value_embed = ValueEmbedding(m.vocab_size, m.ve_dim, kv_dim) if m.ve_last_n or m.ve_steps else None
         self._build_loop_params(kv_dim, hidden)
         self.lm_head = None
         if not m.tie_embeddings:
@@ -109,8 +109,9 @@ class RecurGPT(nn.Module):
     def last_n_masks(self, steps: tuple[Step, ...]) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
         """(XSA on, value embedding on) per step of this pass (`tricks.last_n_mask`)."""
         m = self.cfg.model
-        return (last_n_mask(steps, m.xsa_last_n, m.last_n_unit, self.core_blocks),
-                last_n_mask(steps, m.ve_last_n, m.last_n_unit, self.core_blocks))
+        ve = (tuple(i in m.ve_steps for i in range(len(steps))) if m.ve_steps
+              else last_n_mask(steps, m.ve_last_n, m.last_n_unit, self.core_blocks))
+        return last_n_mask(steps, m.xsa_last_n, m.last_n_unit, self.core_blocks), ve
 
     def _extras(self, st: Step, xsa: bool, ve_i: torch.Tensor | None) -> StepExtras | None:
         m = self.cfg.model
@@ -206,10 +207,11 @@ class RecurGPT(nn.Module):
                  + (f"; shared blocks {shared}" if shared else ""),
                  f"unet      {self.n_encoder} encoder steps, {0 if self.skip_weights is None else len(self.skip_weights)} skips"]
         m = self.cfg.model
-        unit = " loops" if m.last_n_unit == "loops" else ""  # steps: the label as before
+        unit = f" {m.last_n_unit}" if m.last_n_unit != "steps" else ""  # steps: the label as before
         tricks = [name for name, on in [
             (f"xsa(last {m.xsa_last_n}{unit})", m.xsa_last_n),
-            (f"value_embed(last {m.ve_last_n}{unit})", self.value_embed is not None),
+            (f"value_embed(steps {list(m.ve_steps)})" if m.ve_steps else f"value_embed(last {m.ve_last_n}{unit})",
+             self.value_embed is not None),
             ("smear_gate", self.smear is not None), ("bigram_hash", self.bigram is not None),
             (f"loop_lora(r{m.loop_lora_rank}, {m.loop_lora_form})", self.loop_lora is not None),
             ("loop_scales", self.loop_gains is not None), ("loop_embedding", self.loop_embed is not None),

@@ -224,6 +224,7 @@ def last_n_mask(steps: Sequence[Step], n: int, unit: str, core_blocks: set[int] 
     embedding (`model.ve_last_n`), in `model.last_n_unit`:
 
       steps  the last n schedule steps, whatever they run;
+      blocks the steps running one of the last n unique blocks (by index), on every pass that runs them;
       loops  the last n passes of the looped core (steps running a core block, counted by Step.loop from
              the last pass of this schedule), plus every step after the core's last step (a hybrid's
              coda, the flat blocks after a repeat segment): they are deeper than any loop, so "the end of
@@ -233,7 +234,8 @@ def last_n_mask(steps: Sequence[Step], n: int, unit: str, core_blocks: set[int] 
     core_blocks: the blocks of the trained schedule's core (role core or repeat), so a repeat schedule
     run with its repeats off counts its single segment pass as one loop.
     Source: parameter-golf #927 counts loops (4 blocks x 7: XSA in the last 4 loops = the last 16
-    steps, VE in the last 2 = the last 8); #1406 counts layers (steps). Differences: the coda rule is
+    steps, VE in the last 2 = the last 8); #1406 places them by physical block (XSA on blocks 7-10, VE on
+    9-10, never on its repeated passes of blocks 4-5, which run after the stack). Differences: the coda rule is
     ours (#927 has no coda). Warnings: with unit "loops", n = 1 on a 1 + 4x3 + 1 schedule already
     selects 5 steps.
     """
@@ -242,6 +244,9 @@ def last_n_mask(steps: Sequence[Step], n: int, unit: str, core_blocks: set[int] 
         return (False,) * T
     if unit == "steps":
         return tuple(i >= T - n for i in range(T))
+    if unit == "blocks":  # the last n unique blocks, wherever the schedule runs them
+        n_blocks = 1 + max(st.block for st in steps)
+        return tuple(st.block >= n_blocks - n for st in steps)
     core = [i for i, st in enumerate(steps) if st.block in core_blocks]
     if not core:
         raise ValueError("last_n_unit = 'loops' needs a schedule with a looped core (looped, hybrid, repeat)")

@@ -113,9 +113,9 @@ class ModelConfig(_Group):
                                "to +-step_scale_clamp at use (#1096 timestep scales, #855)")
     step_scale_clamp: float = _f(4.0, "clamp of the step scales (#1096, #855: 4)", 1e-3, None)
     rope_dims: int = _f(0, "RoPE on the first N dims of each head, 0 = all (#1406 lineage: 16 of 64)", 0, 4096)
-    step_controls: bool = _f(False, "each schedule step has its own attn_scale, mlp_scale, resid_mix and q_gain "
-                             "instead of its block's, so a shared block's applications differ in them (#927, #341: "
-                             "per-layer scalars over shared blocks)")
+    step_controls: tuple[str, ...] = _f((), "control tensors each schedule step has its own copy of instead of its "
+                                        "block's, from attn_scale, mlp_scale, resid_mix, q_gain, so a shared block's "
+                                        "applications differ in them (#341: all four; #927: all but q_gain)")
     ln_scale: bool = _f(False, "multiply the normed attn/MLP inputs of block b by 1/sqrt(b + 1) (#1406 lineage)")
 
 
@@ -310,6 +310,7 @@ class RunConfig(_Group):
 
 
 LORA_TARGETS = ("q", "k", "v", "o", "fc", "proj")  # attention q/k/v/out, MLP in/out
+STEP_CONTROLS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain")  # a block's control tensors (model.step_controls)
 
 _GROUPS = {
     "data": DataConfig, "model": ModelConfig, "schedule": ScheduleConfig, "train": TrainConfig,
@@ -449,9 +450,13 @@ class Config:
         need(m.last_n_unit != "loops" or has_core or not (m.xsa_last_n or m.ve_last_n),
              f"model.last_n_unit = 'loops' needs a schedule with a looped core (schedule.kind = {s.kind!r} has "
              "none): use 'steps'")
-        need(not (m.step_controls and m.birkhoff_mix != "off"),
+        bad_controls = sorted(set(m.step_controls) - set(STEP_CONTROLS))
+        need(not bad_controls, f"model.step_controls: unknown {bad_controls}; choose from {list(STEP_CONTROLS)}")
+        need(len(set(m.step_controls)) == len(m.step_controls), f"model.step_controls = {list(m.step_controls)} "
+             "names a control twice")
+        need(not ("resid_mix" in m.step_controls and m.birkhoff_mix != "off"),
              f"model.step_controls keeps a resid_mix per step, which model.birkhoff_mix = {m.birkhoff_mix!r} replaces: "
-             "turn one of them off")
+             "drop resid_mix from one of them")
         need(not (m.ve_steps and m.ve_last_n), f"model.ve_steps = {list(m.ve_steps)} and model.ve_last_n = "
              f"{m.ve_last_n} both place the value embedding: set one of them")
         need(m.loop_lora_form == "matrices" or m.loop_lora_rank <= 1,

@@ -82,11 +82,18 @@ class StepExtras:
 @dataclass
 class StepControls:
     """One schedule step's control tensors, used in place of its block's (`model.step_controls`): a
-    shared block then scales its branches, mixes in x0 and sharpens its queries per application."""
-    attn_scale: torch.Tensor  # (dim,)
-    mlp_scale: torch.Tensor   # (dim,)
-    resid_mix: torch.Tensor   # (2, dim)
-    q_gain: torch.Tensor      # (n_heads,)
+    shared block then scales its branches, mixes in x0 or sharpens its queries per application. None:
+    the block's own."""
+    attn_scale: torch.Tensor | None = None  # (dim,)
+    mlp_scale: torch.Tensor | None = None   # (dim,)
+    resid_mix: torch.Tensor | None = None   # (2, dim)
+    q_gain: torch.Tensor | None = None      # (n_heads,)
+
+
+def _control(own: torch.Tensor | None, c: StepControls | None, name: str) -> torch.Tensor:
+    """The block's control tensor `name`, or the step's where it has its own."""
+    step = getattr(c, name) if c is not None else None
+    return own if step is None else step
 
 
 def _weight(linear: QLinear, extras: StepExtras | None, name: str) -> torch.Tensor:
@@ -105,7 +112,7 @@ def _proj(linear: QLinear, x: torch.Tensor, extras: StepExtras | None, name: str
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, rope_base: float, qk_gain_init: float,
-                 rope_dims: int = 0, own_controls: bool = True) -> None:
+                 rope_dims: int = 0, own_q_gain: bool = True) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         kv_dim = n_kv_heads * self.head_dim
@@ -115,7 +122,7 @@ class CausalSelfAttention(nn.Module):
         self.o = QLinear(dim, dim, bias=False)
         nn.init.zeros_(self.o.weight)  # the block starts as identity
         # with model.step_controls the steps hold the query gains (StepControls), not the block
-        self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init)) if own_controls else None
+        self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init)) if own_q_gain else None
         self.rotary = Rotary(self.head_dim, rope_base, rope_dims)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
@@ -132,7 +139,7 @@ class CausalSelfAttention(nn.Module):
         q, k = rms_norm(q), rms_norm(k)
         cos, sin = self.rotary(T, x.device)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        gain = self.q_gain if extras is None or extras.controls is None else extras.controls.q_gain
+        gain = _control(self.q_gain, extras.controls if extras is not None else None, "q_gain")
         q = q * gain.to(q.dtype)[None, :, None, None]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         if extras is not None and extras.xsa:
@@ -170,17 +177,18 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, n_kv_heads: int, mlp_hidden: int, rope_base: float,
                  qk_gain_init: float, *, mlp_act: str = "relu2", rope_dims: int = 0, output_norm: bool = False,
-                 birkhoff: bool = False, ln_scale: float = 1.0, own_controls: bool = True) -> None:
+                 birkhoff: bool = False, ln_scale: float = 1.0, step_controls: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init, rope_dims, own_controls)
+        self.attn = CausalSelfAttention(dim, n_heads, n_kv_heads, rope_base, qk_gain_init, rope_dims,
+                                        own_q_gain="q_gain" not in step_controls)
         self.mlp = MLP(dim, mlp_hidden, mlp_act)
-        # own_controls=False (model.step_controls): every step passes its own StepControls instead
-        self.attn_scale = nn.Parameter(torch.ones(dim)) if own_controls else None
-        self.mlp_scale = nn.Parameter(torch.ones(dim)) if own_controls else None
+        # the controls named in step_controls (model.step_controls) come with each step's StepControls instead
+        self.attn_scale = nn.Parameter(torch.ones(dim)) if "attn_scale" not in step_controls else None
+        self.mlp_scale = nn.Parameter(torch.ones(dim)) if "mlp_scale" not in step_controls else None
         self.mix_logit = self.resid_mix = None
         if birkhoff:
             self.mix_logit = nn.Parameter(torch.zeros(1))  # sigmoid(0) = 0.5: half stream, half x0 (#1096)
-        elif own_controls:
+        elif "resid_mix" not in step_controls:
             self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # (2, dim): [x, x0]
         self.out_norm = output_norm  # Output-LN: norm the branch outputs, not their inputs
         self.ln_scale = ln_scale
@@ -199,9 +207,9 @@ class Block(nn.Module):
         if self.mix_logit is not None:
             x = birkhoff_mix(x, x0, self.mix_logit)
         else:
-            mix = (self.resid_mix if c is None else c.resid_mix).to(x.dtype)
+            mix = _control(self.resid_mix, c, "resid_mix").to(x.dtype)
             x = mix[0] * x + mix[1] * x0
-        attn_scale, mlp_scale = (self.attn_scale, self.mlp_scale) if c is None else (c.attn_scale, c.mlp_scale)
+        attn_scale, mlp_scale = _control(self.attn_scale, c, "attn_scale"), _control(self.mlp_scale, c, "mlp_scale")
         a = attn_scale.to(x.dtype) * self._branch_out(self.attn(self._branch_in(x), extras))
         if extras is not None and extras.attn_gain is not None:
             a = a * extras.attn_gain.to(x.dtype)

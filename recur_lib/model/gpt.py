@@ -46,7 +46,7 @@ class RecurGPT(nn.Module):
             Block(m.dim, m.n_heads, m.n_kv_heads, hidden, m.rope_base, m.qk_gain_init, mlp_act=m.mlp_act,
                   rope_dims=m.rope_dims, output_norm=in_scope(m.output_norm, b),
                   birkhoff=in_scope(m.birkhoff_mix, b), ln_scale=ln_scale_factor(b) if m.ln_scale else 1.0,
-                  own_controls=not m.step_controls)
+                  step_controls=m.step_controls)
             for b in range(n_unique_blocks(s)))
         n = len(self.steps)
         self.n_encoder = m.unet_encoder_steps or n // 2
@@ -90,11 +90,11 @@ class RecurGPT(nn.Module):
         # the blocks' inits (#927 and #341 keep attn/mlp scales, resid_mix and q_gain per effective layer)
         self.step_controls = None
         if m.step_controls:
-            n, heads = len(self.steps), m.n_heads
-            self.step_controls = nn.ParameterDict({
-                "attn_scale": nn.Parameter(torch.ones(n, d)), "mlp_scale": nn.Parameter(torch.ones(n, d)),
-                "resid_mix": nn.Parameter(torch.stack((torch.ones(n, d), torch.zeros(n, d)), dim=1)),
-                "q_gain": nn.Parameter(torch.full((n, heads), m.qk_gain_init))})
+            n = len(self.steps)
+            init = {"attn_scale": lambda: torch.ones(n, d), "mlp_scale": lambda: torch.ones(n, d),
+                    "resid_mix": lambda: torch.stack((torch.ones(n, d), torch.zeros(n, d)), dim=1),
+                    "q_gain": lambda: torch.full((n, m.n_heads), m.qk_gain_init)}
+            self.step_controls = nn.ParameterDict({k: nn.Parameter(init[k]()) for k in m.step_controls})
 
     def _key(self, st: Step) -> tuple[int, int] | None:
         if st.block not in self.max_loop:
@@ -123,8 +123,8 @@ class RecurGPT(nn.Module):
             gains = scales if gains is None else gains * scales
         controls = None
         if self.step_controls is not None:
-            row, c = self.step_scale_row(st), self.step_controls
-            controls = StepControls(c["attn_scale"][row], c["mlp_scale"][row], c["resid_mix"][row], c["q_gain"][row])
+            row = self.step_scale_row(st)
+            controls = StepControls(**{k: t[row] for k, t in self.step_controls.items()})
         if lora is None and gains is None and not xsa and ve_i is None and controls is None:
             return None
         return StepExtras(lora=lora, attn_gain=None if gains is None else gains[0],
@@ -219,7 +219,7 @@ class RecurGPT(nn.Module):
             (f"birkhoff_mix({m.birkhoff_mix})", m.birkhoff_mix != "off"),
             (f"step_scales(clamp {m.step_scale_clamp:g})", self.step_scales is not None),
             ("leaky_relu2", m.mlp_act == "leaky_relu2"), (f"partial_rope({m.rope_dims})", m.rope_dims),
-            ("ln_scale", m.ln_scale), ("step_controls", m.step_controls)] if on]
+            ("ln_scale", m.ln_scale), (f"step_controls({', '.join(m.step_controls)})", m.step_controls)] if on]
         lines.append("tricks    " + (", ".join(tricks) if tricks else "none"))
         for k, v in self.param_groups().items():
             lines.append(f"params    {k:<14} {v:>12,}")

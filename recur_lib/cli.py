@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, describe_fields
-from .presets import preset_names, preset_sources
+from .presets import FOLLOWS, preset_names
 
 
 def parse_sets(items: list[str] | None) -> dict[str, str]:
@@ -226,9 +226,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     if args.json:
         print(cfg.to_json())
     else:
-        sources = preset_sources(args.preset) if not args.config else {}
-        for k, v in cfg.diff().items():
-            print(f"{k} = {v!r}" + (f"  # {sources[k]}" if k in sources else ""))
+        if args.preset in FOLLOWS and not args.config:  # a seed: every field beside the PR's, with its line
+            from .seed_facts import format_comparison
+            print(format_comparison(args.preset, cfg))
+            other = {k: v for k, v in cfg.diff(Config.from_name(args.preset)).items()}
+            for k, v in other.items():  # --set fields the facts do not cover (run, data, operational)
+                print(f"{k} = {v!r}  # --set")
+        else:
+            for k, v in cfg.diff().items():
+                print(f"{k} = {v!r}")
         print(f"# effective layers {cfg.effective_layers}, unique blocks {cfg.unique_blocks}")
         print("# phases (steps of " + f"{cfg.train.iterations}): " + ", ".join(f"{k} {v}" for k, v in cfg.phases().items()))
         for w in cfg.schedule_warnings():

@@ -274,8 +274,9 @@ def ttt_score_first(model: torch.nn.Module, tokens: np.ndarray, tables: ByteTabl
 
 
 def pre_quant_ttt(model: torch.nn.Module, tokens: np.ndarray, cfg: Config, rt: Runtime) -> torch.nn.Module:
-    """#1406's discriminative pre-quant TTT: AdamW on the val text itself (ttt_epochs passes, cosine lr,
-    per-block lr multipliers), returning an adapted copy. It trains on the text it is then scored on:
+    """#1406's discriminative pre-quant TTT: AdamW on the val text itself (ttt_epochs passes, per-block lr
+    multipliers; eval.ttt_lr_schedule 'cosine': the lr falls to 0 over all its steps, where #1406's falls per
+    epoch to 0.1 x lr), returning an adapted copy. It trains on the text it is then scored on:
     results made with it are labelled `pre_quant_ttt: true` and are not comparable to legal scores."""
     work = copy.deepcopy(model)
     opts = [torch.optim.AdamW(_ttt_param_groups(work, cfg), betas=(cfg.optim.beta1, cfg.optim.beta2), weight_decay=0.0)]
@@ -283,8 +284,8 @@ def pre_quant_ttt(model: torch.nn.Module, tokens: np.ndarray, cfg: Config, rt: R
     n = len(toks) - 1
     L = cfg.eval.seq_len
     steps = cfg.eval.ttt_epochs * math.ceil(math.ceil(n / L) / max(1, cfg.eval.batch_tokens // L))
-    _adapt(work, opts, toks, 0, n, cfg, rt, cfg.eval.ttt_epochs,
-           lr_at=lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    cosine = (lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))) if cfg.eval.ttt_lr_schedule == "cosine" else None
+    _adapt(work, opts, toks, 0, n, cfg, rt, cfg.eval.ttt_epochs, lr_at=cosine)
     return work
 
 

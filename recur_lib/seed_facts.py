@@ -12,8 +12,10 @@ express. Facts only: the PR's values, never its code.
 
 A seed preset (`presets.PRESETS`) is written by hand; `presets.DEVIATIONS` names every field where it
 differs from the facts, with the reason ("not expressible: ...", "assumed: ...", "PR text: ...",
-"compliance: ..."). `unexplained` lists the differences no deviation names, and deviations that no
-longer differ; tests/test_seed_facts.py keeps both lists empty for every seed preset.
+"compliance: ...", "design: ..."). `unexplained` lists the differences no deviation names, and deviations
+that no longer differ; tests/test_seed_facts.py keeps it empty for every preset in `presets.FOLLOWS`
+(the four seeds, seed-1406-legal, and pg-miniloop against #2135's loop band: a facts file with
+"scope": "band" covers only the fields of that part).
 """
 from __future__ import annotations
 
@@ -25,11 +27,11 @@ from typing import Any
 
 from .config import _GROUPS, Config, ConfigError, _check_value, all_keys
 from .paths import PROJECT_ROOT
-from .presets import DEVIATIONS, PR_URL, SCALED_SEEDS, SEEDS, Seed
+from .presets import DEVIATIONS, FOLLOWS, PR_HEADS, PR_URL, PRESETS
 
 FACTS_DIR = PROJECT_ROOT / "reference" / "seeds"
 # Why a preset may differ from its PR's code; the README's provenance block groups deviations by these.
-REASONS = ("not expressible", "assumed", "PR text", "compliance")
+REASONS = ("not expressible", "assumed", "PR text", "compliance", "design")
 # Keys the facts files leave out: run operation (logging, checkpoints, monitors, eval batching), not what is computed.
 OPERATIONAL = frozenset({
     "train.val_every", "train.log_every", "train.ckpt_every", "train.diverge_rel_nats", "train.diverge_loss",
@@ -47,6 +49,7 @@ class Fact:
     value: Any     # in our config's terms and units
     where: str     # "train_gpt.py:123", "README.md:40", "train_seed1337.log:312", or "absent: ..."
     note: str = ""
+    closest: bool = False  # the nearest value our config has; what it misses is in the facts' not_expressible
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Facts:
     fields: dict[str, Fact]
     not_expressible: list[dict[str, str]]
     compliance: str
+    scope: str              # "full": every field we can express; "band": only those of the part a preset takes
     extra: dict[str, Any]   # anything else the file records (e.g. the parts of a record stack left out)
 
     @property
@@ -79,7 +83,9 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _fact(path: Path, name: str, raw: Any) -> Fact:
     if not isinstance(raw, dict) or "value" not in raw or not isinstance(raw.get("where"), str) or not raw["where"]:
         raise FactsError(f"{path}: {name} must be an object with a 'value' and a non-empty 'where' (file:line)")
-    return Fact(raw["value"], raw["where"], str(raw.get("note", "")))
+    if not isinstance(raw.get("closest", False), bool):
+        raise FactsError(f"{path}: {name}.closest must be true or false")
+    return Fact(raw["value"], raw["where"], str(raw.get("note", "")), raw.get("closest", False))
 
 
 def _field_types() -> dict[str, tuple[Any, Any]]:
@@ -91,17 +97,11 @@ def _field_types() -> dict[str, tuple[Any, Any]]:
     return out
 
 
-def seed_of(pr: int) -> Seed:
-    for s in SEEDS:
-        if s.pr == pr:
-            return s
-    raise FactsError(f"#{pr} is not a seed; seeds: {[s.pr for s in SEEDS]}")
-
-
 def load_facts(pr: int, path: str | Path | None = None) -> Facts:
-    """The facts of seed PR #pr, checked: the file is for that PR at the head commit `presets.SEEDS` names,
+    """The facts of PR #pr, checked: the file is for that PR at the head commit `presets.PR_HEADS` names,
     every field is a config key with a value of its type."""
-    seed = seed_of(pr)
+    if pr not in PR_HEADS:
+        raise FactsError(f"#{pr} has no facts: the PRs followed are {sorted(PR_HEADS)}")
     path = Path(path) if path is not None else FACTS_DIR / f"{pr}.json"
     try:
         raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
@@ -113,9 +113,11 @@ def load_facts(pr: int, path: str | Path | None = None) -> Facts:
         raise FactsError(f"{path}: a facts file is a JSON object, got {type(raw).__name__}")
     if raw.get("pr") != pr:
         raise FactsError(f"{path}: the file is for PR #{raw.get('pr')}, not #{pr}")
-    if raw.get("head") != seed.head:
-        raise FactsError(f"{path}: facts read at head {raw.get('head')!r}, but {seed.preset} follows #{pr} at head "
-                         f"{seed.head}: re-read the PR at that commit, or update presets.SEEDS with a reason")
+    if raw.get("head") != PR_HEADS[pr]:
+        raise FactsError(f"{path}: facts read at head {raw.get('head')!r}, but the presets follow #{pr} at head "
+                         f"{PR_HEADS[pr]}: re-read the PR at that commit, or move presets.PR_HEADS with a reason")
+    if raw.get("scope", "full") not in ("full", "band"):
+        raise FactsError(f"{path}: scope {raw.get('scope')!r} must be 'full' or 'band'")
     if not isinstance(raw.get("fields"), dict) or not raw["fields"]:
         raise FactsError(f"{path}: 'fields' must map config keys to facts")
     types, known = _field_types(), set(all_keys())
@@ -129,14 +131,14 @@ def load_facts(pr: int, path: str | Path | None = None) -> Facts:
             value = _check_value(key, fact.value, tp, meta)
         except ConfigError as e:
             raise FactsError(f"{path}: {e}") from None
-        facts[key] = Fact(value, fact.where, fact.note)
+        facts[key] = Fact(value, fact.where, fact.note, fact.closest)
     known_top = {"pr", "head", "folder", "script", "run_command", "logs", "run_steps", "params", "fields",
-                 "not_expressible", "compliance"}
+                 "not_expressible", "compliance", "scope"}
     return Facts(pr=pr, head=raw["head"], folder=str(raw.get("folder", "")), run_command=raw.get("run_command") or {},
                  logs=list(raw.get("logs") or []), run_steps=_fact(path, "run_steps", raw.get("run_steps")),
                  params=_fact(path, "params", raw.get("params")), fields=facts,
                  not_expressible=list(raw.get("not_expressible") or []), compliance=str(raw.get("compliance") or ""),
-                 extra={k: v for k, v in raw.items() if k not in known_top})
+                 scope=raw.get("scope", "full"), extra={k: v for k, v in raw.items() if k not in known_top})
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ class Row:
     theirs: Any
     where: str
     reason: str   # the deviation's reason ("" when ours is the PR's value)
+    closest: bool = False  # the PR's value is the nearest our config has (Fact.closest)
 
     @property
     def differs(self) -> bool:
@@ -157,59 +160,59 @@ def _value(cfg: Config, key: str) -> Any:
     return getattr(getattr(cfg, group), name)
 
 
-def preset_seed(preset: str) -> Seed | None:
-    """The seed a full-size seed preset (or a variant built on one, e.g. seed-1406-legal) follows."""
-    base = preset
-    from .presets import PRESETS
-    while base in PRESETS and PRESETS[base][0] not in (None, "pg-baseline"):
-        base = PRESETS[base][0]
-    return next((s for s in SEEDS if s.preset == base), None)
+def followed_pr(preset: str) -> int:
+    """The PR a preset with a facts file follows (`presets.FOLLOWS`)."""
+    if preset not in FOLLOWS:
+        raise FactsError(f"{preset!r} follows no PR's facts; presets that do: {sorted(FOLLOWS)}")
+    return FOLLOWS[preset]
 
 
-def compare(preset: str) -> list[Row]:
-    """Every field of the seed's facts: our preset's value, the PR's, where it is written, and the named
-    deviation's reason where they differ."""
-    seed = preset_seed(preset)
-    if seed is None or preset in SCALED_SEEDS:
-        raise FactsError(f"{preset!r} is not a full-size seed preset; seed presets: {[s.preset for s in SEEDS]}")
-    facts, cfg, dev = load_facts(seed.pr), Config.from_name(preset), DEVIATIONS.get(preset, {})
-    return [Row(k, _value(cfg, k), f.value, f.where, dev.get(k, "")) for k, f in facts.fields.items()]
+def compare(preset: str, cfg: Config | None = None) -> list[Row]:
+    """Every field of the PR's facts: our preset's value (or cfg's, e.g. the preset with overrides), the PR's,
+    where it is written, and the named deviation's reason where they differ."""
+    facts, dev = load_facts(followed_pr(preset)), DEVIATIONS.get(preset, {})
+    cfg = cfg if cfg is not None else Config.from_name(preset)
+    return [Row(k, _value(cfg, k), f.value, f.where, dev.get(k, ""), f.closest) for k, f in facts.fields.items()]
 
 
 def unexplained(preset: str) -> list[str]:
     """What the check refuses: a difference from the PR that no deviation names, a deviation whose
     reason is not one of REASONS, a deviation on a field that does not differ, a deviation on a field the
     facts do not cover, and a facts file that leaves out a field it should cover."""
-    rows = compare(preset)
-    seed = preset_seed(preset)
+    rows, pr = compare(preset), followed_pr(preset)
     dev = DEVIATIONS.get(preset, {})
-    out = [f"{r.key}: ours {r.ours!r}, #{seed.pr}'s {r.theirs!r} ({r.where}) and no deviation names it"
+    out = [f"{r.key}: ours {r.ours!r}, #{pr}'s {r.theirs!r} ({r.where}) and no deviation names it"
            for r in rows if r.differs and not r.reason]
-    out += [f"{r.key}: a deviation, but ours equals #{seed.pr}'s {r.theirs!r}" for r in rows if r.reason and not r.differs]
+    out += [f"{r.key}: a deviation, but ours equals #{pr}'s {r.theirs!r}" for r in rows if r.reason and not r.differs]
     covered = {r.key for r in rows}
     out += [f"{k}: a deviation on a field the facts do not cover" for k in dev if k not in covered]
     out += [f"{k}: deviation reason {why!r} must start with one of {list(REASONS)} and a colon"
             for k, why in dev.items() if not any(why.startswith(r + ": ") for r in REASONS)]
-    must = {k for k in all_keys() if k.split(".")[0] in FACT_GROUPS and k not in OPERATIONAL}
-    out += [f"{k}: the facts file of #{seed.pr} leaves it out" for k in sorted(must - covered)]
+    if load_facts(pr).scope == "full":
+        must = {k for k in all_keys() if k.split(".")[0] in FACT_GROUPS and k not in OPERATIONAL}
+        out += [f"{k}: the facts file of #{pr} leaves it out" for k in sorted(must - covered)]
     return out
 
 
-def format_comparison(preset: str, all_fields: bool = True) -> str:
-    """Per field: ours, the PR's, where the PR's value is written; deviations marked '!' with their reason."""
-    seed = preset_seed(preset)
-    facts = load_facts(seed.pr)
-    rows = compare(preset)
+def format_comparison(preset: str, cfg: Config | None = None, all_fields: bool = True) -> str:
+    """Per field: ours, the PR's, where the PR's value is written; deviations marked '!' with their reason
+    (a difference cfg adds to the preset: "overridden here"), values that are the closest our config has '~'."""
+    facts = load_facts(followed_pr(preset))
+    rows = compare(preset, cfg)
     n_dev = sum(r.differs for r in rows)
-    lines = [f"# {preset} against #{seed.pr}'s code at {facts.head[:10]} ({facts.folder})",
-             f"# {len(rows)} fields, {len(rows) - n_dev} as the PR ran them, {n_dev} deviations (!)"]
+    part = " (the fields of the part it takes)" if facts.scope == "band" else ""
+    n_close = sum(r.closest for r in rows)
+    lines = [f"# {preset} against #{facts.pr}'s code at {facts.head[:10]} ({facts.folder}){part}",
+             f"# {len(rows)} fields, {len(rows) - n_dev} as the PR ran them ({n_close} of those the closest our config "
+             f"has, ~), {n_dev} deviations (!)"]
     w = max(len(r.key) for r in rows)
     for r in rows:
         if not all_fields and not r.differs:
             continue
-        mark = "!" if r.differs else " "
+        mark = "!" if r.differs else "~" if r.closest else " "
         line = f"{mark} {r.key:<{w}}  ours {r.ours!r:<14} PR {r.theirs!r:<14} {r.where}"
-        lines.append(line + (f"\n    {r.reason}" if r.differs else ""))
+        note = (r.reason or "overridden here, not the PR's value") if r.differs else "closest: " + facts.fields[r.key].note[:200] if r.closest else ""
+        lines.append(line + (f"\n    {note}" if note else ""))
     if facts.compliance:
         lines.append(f"# compliance: {facts.compliance}")
     return "\n".join(lines)
@@ -219,27 +222,35 @@ def _fmt(v: Any) -> str:
     return repr(list(v) if isinstance(v, tuple) else v)
 
 
+def _label(text: str) -> str:
+    """A not-expressible item's first clause, for the README's one-line list."""
+    cut = min([i for i in (text.find(c) for c in ":;(") if i > 0] + [len(text)])
+    label = text[:cut].strip().rstrip(".,")
+    return label if len(label) <= 80 else label[:77].rstrip() + "..."
+
+
 def sources_markdown() -> str:
-    """The README's provenance block: per seed preset, its PR head, the run length and parameter count from
-    the PR's logs, and every deviation from the PR's code, grouped by reason."""
-    from .presets import PRESETS
+    """The README's provenance block: per preset that follows a PR, its head, how many fields are as the
+    PR's code ran them, the run length and parameter count from the PR's logs, every deviation by reason,
+    and the parts our config cannot express (in full in the facts file)."""
     lines = []
-    presets = [p for p in PRESETS if preset_seed(p) is not None and p not in SCALED_SEEDS]
-    for preset in presets:
-        seed = preset_seed(preset)
-        facts = load_facts(seed.pr)
+    for preset in [p for p in PRESETS if p in FOLLOWS]:
+        facts = load_facts(FOLLOWS[preset])
         rows = compare(preset)
         devs = [r for r in rows if r.differs]
-        lines.append(f"- **{preset}** ([#{seed.pr}]({PR_URL.format(seed.pr)}) at `{facts.head[:10]}`, "
-                     f"`{facts.folder.rsplit('/', 1)[-1]}`): {len(rows) - len(devs)} of {len(rows)} fields as its "
-                     f"code ran them; full run {facts.run_steps.value:,} steps ({facts.run_steps.where}); "
-                     f"{facts.params.value:,} parameters in its log ({facts.params.where})")
+        part = " of the loop band" if facts.scope == "band" else ""
+        close = [r.key for r in rows if r.closest and not r.differs]
+        lines.append(f"- **{preset}** ([#{facts.pr}]({PR_URL.format(facts.pr)}) at `{facts.head[:10]}`, "
+                     f"`{facts.folder.rsplit('/', 1)[-1]}`): {len(rows) - len(devs)} of {len(rows)} fields{part} as "
+                     f"its code ran them" + (f" ({', '.join(f'`{k}`' for k in close)} the closest our config has)"
+                                             if close else "") + f"; its full run {facts.run_steps.value:,} steps ({facts.run_steps.where}), "
+                     f"{facts.params.value:,} parameters ({facts.params.where})")
         for reason in REASONS:
             group = [r for r in devs if r.reason.startswith(reason + ": ")]
             if group:
                 lines.append(f"  - {reason}: " + "; ".join(
                     f"`{r.key}` ours {_fmt(r.ours)}, PR {_fmt(r.theirs)} ({r.reason[len(reason) + 2:]})" for r in group))
         if facts.not_expressible:
-            lines.append("  - not expressible in our config at all: " + "; ".join(
-                str(n.get("what", "")).rstrip(".") for n in facts.not_expressible))
+            lines.append(f"  - not expressible ({len(facts.not_expressible)}, in full in `reference/seeds/{facts.pr}.json`): "
+                         + "; ".join(_label(str(n.get("what", ""))) for n in facts.not_expressible))
     return "\n".join(lines)

@@ -227,11 +227,12 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print(cfg.to_json())
     else:
         if args.preset in FOLLOWS and not args.config:  # a seed: every field beside the PR's, with its line
-            from .seed_facts import format_comparison
+            from .seed_facts import format_comparison, load_facts
             print(format_comparison(args.preset, cfg))
-            other = {k: v for k, v in cfg.diff(Config.from_name(args.preset)).items()}
-            for k, v in other.items():  # --set fields the facts do not cover (run, data, operational)
-                print(f"{k} = {v!r}  # --set")
+            covered = load_facts(FOLLOWS[args.preset]).fields
+            for k, v in cfg.diff(Config.from_name(args.preset)).items():
+                if k not in covered:  # --set fields the facts do not cover (run, data, operational)
+                    print(f"{k} = {v!r}  # --set")
         else:
             for k, v in cfg.diff().items():
                 print(f"{k} = {v!r}")

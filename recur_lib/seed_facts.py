@@ -234,7 +234,7 @@ def sources_markdown() -> str:
     PR's code ran them, the run length and parameter count from the PR's logs, every deviation by reason,
     and the parts our config cannot express (in full in the facts file)."""
     lines = []
-    for preset in [p for p in PRESETS if p in FOLLOWS]:
+    for preset in FOLLOWS:
         facts = load_facts(FOLLOWS[preset])
         rows = compare(preset)
         devs = [r for r in rows if r.differs]

@@ -26,18 +26,23 @@ SCHEDULES = {
                "schedule.n_coda": 1},
     "repeat": {"schedule.kind": "repeat", "schedule.n_layers": 5, "schedule.repeat_layers": (2, 3),
                "schedule.n_loops": 2},
+    "cyclic": {"schedule.kind": "cyclic", "schedule.n_prelude": 0, "schedule.n_core": 2, "schedule.n_loops": 3,
+               "schedule.n_coda": 0},
+    "repeat_after": {"schedule.kind": "repeat", "schedule.n_layers": 5, "schedule.repeat_layers": (2, 3),
+                     "schedule.n_loops": 2, "schedule.repeat_at": "after"},
 }
 ALL_TRICKS = {"model.xsa_last_n": 2, "model.ve_last_n": 2, "model.ve_dim": 8, "model.use_smear_gate": True,
               "model.bigram_buckets": 97, "model.bigram_dim": 8, "model.loop_lora_rank": 2,
               "model.loop_lora_form": "matrices", "model.use_loop_scales": True, "model.use_loop_embedding": True,
               "model.mlp_act": "leaky_relu2", "model.output_norm": "all", "model.birkhoff_mix": "all",
-              "model.use_step_scales": True, "model.rope_dims": 4, "model.ln_scale": True}
+              "model.use_step_scales": True, "model.rope_dims": 4, "model.ln_scale": True,
+              "model.step_controls": ("attn_scale", "mlp_scale", "q_gain")}
 # on schedules with a looped core: the #1096 scopes and #927's unit
 CORE_TRICKS = {"model.output_norm": "core", "model.birkhoff_mix": "core", "model.last_n_unit": "loops"}
 # every field added with the #1096 / #1406 / #927 tricks, at its default
 NEW_DEFAULTS = {"model.last_n_unit": "steps", "model.mlp_act": "relu2", "model.output_norm": "off",
                 "model.birkhoff_mix": "off", "model.use_step_scales": False, "model.step_scale_clamp": 4.0,
-                "model.rope_dims": 0, "model.ln_scale": False}
+                "model.rope_dims": 0, "model.ln_scale": False, "model.step_controls": (), "model.ve_steps": ()}
 
 
 def tiny(**over) -> Config:
@@ -68,9 +73,17 @@ def test_schedules_have_the_documented_shapes() -> None:
     assert [st.block for st in s1096] == [0] + [1, 2, 3, 4] * 3 + [5]
     assert [st.loop for st in s1096] == [0] + [0] * 4 + [1] * 4 + [2] * 4 + [0]
     s1406 = build_schedule(Config.from_name("seed-1406").schedule)
-    assert [st.block for st in s1406] == [0, 1, 2, 3, 4, 5, 4, 5, 6, 7, 8, 9, 10]
+    assert [st.block for st in s1406] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 4, 5]  # #1406 repeats after the stack
+    assert [st.loop for st in s1406] == [0] * 11 + [1, 1]
     assert len(build_schedule(Config.from_name("seed-1406").schedule, repeats_on=False)) == 11
-    assert len(build_schedule(Config.from_name("seed-927").schedule)) == 28
+    s927 = build_schedule(Config.from_name("seed-927").schedule)  # 7 applications cycling through 4 blocks
+    assert [(st.block, st.loop) for st in s927] == [(0, 0), (1, 0), (2, 0), (3, 0), (0, 1), (1, 1), (2, 1)]
+    assert format_schedule(s927) == "0 1 2 3 | 0 1 2"
+    repeat_in_place = tiny(**{**SCHEDULES["repeat"], "schedule.repeat_at": "in_place"}).schedule
+    repeat_after = tiny(**{**SCHEDULES["repeat"], "schedule.repeat_at": "after"}).schedule
+    assert fmt({**SCHEDULES["repeat"], "schedule.repeat_at": "in_place"}) == "0 1 | 2 3 | 2 3 | 4"
+    assert fmt({**SCHEDULES["repeat"], "schedule.repeat_at": "after"}) == "0 1 | 2 3 | 4 | 2 3"
+    assert len(build_schedule(repeat_in_place)) == len(build_schedule(repeat_after))
 
 
 @pytest.mark.parametrize("kind", list(SCHEDULES))
@@ -188,7 +201,7 @@ def test_seed_parameter_counts_and_depth() -> None:
     assert "14 effective layers from 6 unique blocks" in text and "loop_lora(r1, vectors)" in text
     with torch.device("meta"):
         m927 = build_model(Config.from_name("seed-927"))
-    assert (len(m927.blocks), len(m927.steps), m927.n_encoder) == (4, 28, 12)
+    assert (len(m927.blocks), len(m927.steps), m927.n_encoder) == (4, 7, 3)
 
 
 def test_negative_rank_and_bad_shapes_fail_at_construction() -> None:
@@ -277,8 +290,8 @@ def test_new_fields_at_default_and_neutral_settings_leave_the_forward_bitwise_un
                                     "model.step_scale_clamp": 2.0}), seed=4)
     _copy(plain, neutral)
     assert torch.equal(neutral(x), ref)
-    if kind != "flat":  # the last loop (+ coda / tail) is the last 2 (looped) or 3 steps: same selection
-        n_steps = 2 if kind == "looped" else 3
+    if kind != "flat":  # the last loop (+ coda / tail) is the last few steps: the same selection
+        n_steps = {"looped": 2, "cyclic": 1, "repeat_after": 2}.get(kind, 3)
         by_steps = make(tiny(**sched, **{"model.xsa_last_n": n_steps, "model.ve_last_n": n_steps, "model.ve_dim": 8}),
                         perturb=0.05)
         by_loops = make(tiny(**sched, **{"model.xsa_last_n": 1, "model.ve_last_n": 1, "model.ve_dim": 8,

@@ -459,6 +459,9 @@ class Config:
              "drop resid_mix from one of them")
         need(not (m.ve_steps and m.ve_last_n), f"model.ve_steps = {list(m.ve_steps)} and model.ve_last_n = "
              f"{m.ve_last_n} both place the value embedding: set one of them")
+        bad_steps = [i for i in m.ve_steps if i >= self.effective_layers]
+        need(not bad_steps, f"model.ve_steps = {list(m.ve_steps)}: steps {bad_steps} are past the schedule's "
+             f"{self.effective_layers} steps (0-based)")
         need(m.loop_lora_form == "matrices" or m.loop_lora_rank <= 1,
              f"model.loop_lora_rank = {m.loop_lora_rank} needs model.loop_lora_form = 'matrices' "
              "(the 'vectors' form is rank 1)")

@@ -100,6 +100,8 @@ def test_last_n_by_block_selects_every_pass_of_the_last_blocks_and_ve_steps_sele
     assert [i for i, on in enumerate(m1096.last_n_masks(m1096.steps)[1]) if on] == [9, 10]
     with pytest.raises(ConfigError, match="both place the value embedding"):
         tiny(**{"model.ve_steps": (1,), "model.ve_last_n": 1})
+    with pytest.raises(ConfigError, match=r"model.ve_steps = \[9, 10\]: steps \[9, 10\] are past the schedule's 6"):
+        Config.from_name("seed-1096", {"schedule.n_loops": 1, "model.loop_lora_rank": 0})
 
 
 def test_swa_below_an_lr_threshold_snapshots_every_k_steps_while_the_multiplier_is_under_it() -> None:

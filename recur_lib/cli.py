@@ -131,6 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .rundir import FINAL_STATUSES, RunExistsError, RunLockedError, die_with_parent, read_summary
     from .train import train
     die_with_parent()  # a torchrun worker of a runner's job follows torchrun (a no-op outside the runner)
+    trained = False
     try:
         cfg = config_from_args(args)
         if args.run_dir:
@@ -148,11 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 return 0
             resume = resume or (run_dir / "ckpt.pt").exists()
         result = train(cfg, run_dir, resume=resume, force=args.force)
+        trained = True
     except (ConfigError, RunExistsError, RunLockedError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        device.teardown()
+        device.teardown(barrier=trained)
     if result.status == "interrupted":  # as a shell reports a process ended by the signal
         return 143 if result.summary.get("reason") == "SIGTERM" else 130
     return {"finished": 0, "diverged": 0}.get(result.status, 1)

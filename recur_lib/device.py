@@ -62,8 +62,14 @@ def setup(run: RunConfig) -> Runtime:
     return Runtime(device, pick_dtype(run, device), rank, world, local)
 
 
-def teardown() -> None:
+def teardown(barrier: bool = False) -> None:
+    """Take the process group down. barrier=True (a job that ended normally on every rank): wait for every
+    rank first, so none destroys the group while another still talks on it (a gloo rank 1 aborted in C++,
+    "terminate called without an active exception", when rank 0 was still writing). Not after an error,
+    where the other ranks may never arrive."""
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

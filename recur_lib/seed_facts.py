@@ -213,6 +213,12 @@ def format_comparison(preset: str, cfg: Config | None = None, all_fields: bool =
         line = f"{mark} {r.key:<{w}}  ours {r.ours!r:<14} PR {r.theirs!r:<14} {r.where}"
         note = (r.reason or "overridden here, not the PR's value") if r.differs else "closest: " + facts.fields[r.key].note[:200] if r.closest else ""
         lines.append(line + (f"\n    {note}" if note else ""))
+    if facts.not_expressible:
+        lines.append(f"# not expressible here ({len(facts.not_expressible)}): "
+                     + "; ".join(_label(str(n.get("what", ""))) for n in facts.not_expressible))
+    if facts.extra.get("stack_not_included"):
+        lines.append(f"# the rest of #{facts.pr}'s stack, left out ({len(facts.extra['stack_not_included'])} parts): "
+                     f"reference/seeds/{facts.pr}.json stack_not_included")
     if facts.compliance:
         lines.append(f"# compliance: {facts.compliance}")
     return "\n".join(lines)

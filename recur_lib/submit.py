@@ -159,13 +159,15 @@ def main():
     run_id = os.environ.get("RUN_ID") or f"seed{cfg.run.seed}"
     run_dir = os.path.join("runs", run_id)
     main_rank = os.environ.get("RANK", "0") == "0"
+    scored = False
     try:
         result = train.train(cfg, run_dir)
         if result.status != "finished":
             raise SystemExit(f"training ended {result.status}; no artifact was scored")
         out = evaluate.evaluate_run(run_dir, cfg)
+        scored = True
     finally:
-        device.teardown()
+        device.teardown(barrier=scored)
     if main_rank:
         a, q = out["artifact"], out["quantized"]
         final = q.get("ttt") or q.get("sliding") or q["plain"]

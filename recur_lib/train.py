@@ -212,7 +212,10 @@ class WeightAverager:
         self.swa_every = cfg.train.swa_every
         self.swa_below = cfg.train.swa_below_lr_scale
         params = dict(model.named_parameters())
-        self.ema = {n: p.detach().float().clone() for n, p in params.items()} if self.decay else None
+        # on when set, even where a short run's horizon (ema_horizon_frac) makes the decay 0: the EMA is then the
+        # last weights, and a seed that exports its EMA (train.eval_weights = 'ema') still can at smoke size
+        on = cfg.train.ema_decay > 0 or cfg.train.ema_horizon_frac > 0
+        self.ema = {n: p.detach().float().clone() for n, p in params.items()} if on else None
         self.swa: dict[str, torch.Tensor] | None = None
         self.swa_count = 0
 

@@ -228,8 +228,8 @@ def test_cli_json_roundtrip(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert main(["config", "show", "--preset", "seed-927", "--json"]) == 0
     (tmp_path / "c.json").write_text(capsys.readouterr().out)
     assert Config.load(tmp_path / "c.json") == Config.from_name("seed-927")
-    assert main(["config", "show", "--config", str(tmp_path / "c.json"), "--set", "schedule.n_loops=3"]) == 0
-    assert "schedule.n_loops = 3" in capsys.readouterr().out
+    assert main(["config", "show", "--config", str(tmp_path / "c.json"), "--set", "schedule.n_loops=8"]) == 0
+    assert "schedule.n_loops = 8" in capsys.readouterr().out
 
 
 def test_cli_build_and_audit(tmp_path: Path, tiny_text_dir: Path, capsys: pytest.CaptureFixture) -> None:

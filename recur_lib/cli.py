@@ -247,7 +247,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_model_describe(args: argparse.Namespace) -> int:
     from .submit import describe
-    print(describe(config_from_args(args)))
+    cfg = config_from_args(args)
+    print(describe(cfg))
+    if args.preset in FOLLOWS and not args.config and not args.set:  # a seed at full size: its PR's own count
+        from .seed_facts import load_facts
+        facts = load_facts(FOLLOWS[args.preset])
+        if facts.scope == "full":
+            print(f"params    #{facts.pr}'s count {facts.params.value:>12,}  ({facts.params.where})")
     return 0
 
 

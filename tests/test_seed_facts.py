@@ -104,11 +104,15 @@ def test_full_size_parameter_counts_match_the_prs_logs(preset: str) -> None:
     assert abs(ours - theirs) <= 0.001 * theirs, (ours, theirs)
 
 
-def test_seed_927_cycles_four_blocks_over_seven_layers() -> None:
+def test_seed_927_cycles_four_blocks_over_seven_layers(capsys) -> None:
+    from recur_lib.cli import main
     with torch.device("meta"):
         model = build_model(Config.from_name("seed-927"))
     assert [st.block for st in model.steps] == [0, 1, 2, 3, 0, 1, 2]
-    assert "7 effective layers from 4 unique blocks" in model.describe()
+    assert main(["model", "describe", "--preset", "seed-927"]) == 0
+    out = capsys.readouterr().out
+    assert "7 effective layers from 4 unique blocks" in out and "total            29,950,080" in out
+    assert "#927's count   29,950,082  (seed1337.log:11)" in out
 
 
 def test_seed_1406_is_marked_and_its_legal_variant_drops_only_the_pre_quant_ttt() -> None:

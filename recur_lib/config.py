@@ -80,9 +80,9 @@ class ModelConfig(_Group):
     tied_embed_init_std: float = _f(0.005, "init std of the tied embedding", 0.0, 1.0)
     qk_gain_init: float = _f(1.5, "init of the per-head query gain (baseline 1.5; #1406 uses 5.0)", 0.0, 100.0)
     use_unet_skips: bool = _f(True, "U-Net skips from the first half of schedule steps to the mirrored second half")
-    unet_encoder_steps: int = _f(0, "schedule steps on the encoder side of the U-Net, 0 = half (#927: 3 loops x 4 = 12)",
+    unet_encoder_steps: int = _f(0, "schedule steps on the encoder side of the U-Net, 0 = half (#927: 3 of its 7; #1406: 5 of 13)",
                                  0, 4096)
-    xsa_last_n: int = _f(0, "exclusive self-attention in the last N schedule steps (#927: 4)", 0, 1024)
+    xsa_last_n: int = _f(0, "exclusive self-attention in the last N schedule steps (#927: all 7)", 0, 1024)
     ve_last_n: int = _f(0, "value embedding added to attention values in the last N steps (#927: 2)", 0, 1024)
     ve_steps: tuple[int, ...] = _f((), "schedule steps that add the value embedding, instead of the last ve_last_n "
                                    "(#1096: VE_LAYERS 9,10 of its 14 steps); needs ve_last_n = 0")
@@ -100,7 +100,7 @@ class ModelConfig(_Group):
     last_n_unit: Literal["steps", "loops", "blocks"] = _f(
         "steps", "what xsa_last_n / ve_last_n count: schedule steps, unique blocks (the last N blocks by index, on "
         "every step that runs them: #1406's XSA on blocks 7-10), or passes of the looped core from the end "
-        "(#927: 'last 4 loops' = 16 steps at 4 blocks/loop), always with the steps after the core (coda)")
+        "(a pass counted by Step.loop), always with the steps after the core (coda)")
     mlp_act: Literal["relu2", "leaky_relu2"] = _f(
         "relu2", "MLP activation: relu(x)^2 (baseline) or leaky_relu(x, 0.5)^2 (#1096, #1406 lineage)")
     output_norm: Literal["off", "core", "all"] = _f(
@@ -168,7 +168,7 @@ class TrainConfig(_Group):
     ema_decay: float = _f(0.0, "EMA of weights, 0 = off (#1406 uses EMA)", 0.0, 1.0)
     ema_horizon_frac: float = _f(0.0, "EMA horizon 1/(1 - decay) as a fraction of train.iterations (> 0 overrides "
                                  "ema_decay: 0.997 is a 333-step horizon, more than a 250-step run)", 0.0, 1.0)
-    swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927: 0.2)", 0.0, 1.0)
+    swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927's SWA_START_FRAC is an LR threshold: swa_below_lr_scale)", 0.0, 1.0)
     swa_every: int = _f(50, "SWA snapshot interval in steps (#927: 50)", 1, None)
     swa_below_lr_scale: float = _f(0.0, "SWA snapshots only while the LR multiplier is below this, every swa_every "
                                    "steps (0 = off; the #927 and #1406 lineage: 0.2)", 0.0, 1.0)
@@ -223,7 +223,7 @@ class OptimConfig(_Group):
                                  0.0, 100.0)
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations", 1, 20)
     muon_row_normalize: bool = _f(False, "MuonEq-R: rows of the block matrices' update scaled to unit norm before "
-                                  "Newton-Schulz (#1217, #1406)")
+                                  "Newton-Schulz (#1217; #1406's README names it, its code does not)")
     muon_scale_rule: Literal["keller", "moonlight", "none"] = _f(
         "keller", "update scale: keller sqrt(max(1,r/c)), moonlight 0.2*sqrt(max(r,c)), none 1")
     weight_decay: float = _f(0.0, "decoupled weight decay on Muon matrices (#927: 0.04)", 0.0, 1.0)
@@ -242,9 +242,9 @@ class QuantConfig(_Group):
         "scale floored at 1/qmax, non-matrix tensors per-tensor) or rowmax (scale = row max / qmax, no floor)")
     export_bits: Literal[3, 4, 5, 6, 8, 16] = _f(8, "per-row bits of exported matrices (16 = keep fp16)")
     qat_bits: Literal[0, 3, 4, 5, 6, 8] = _f(0, "STE fake-quant bits during training, 0 = off (#927: 6)")
-    qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#1406: late)", 0.0, 1.0)
+    qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#927: 0, from the start)", 0.0, 1.0)
     qat_below_lr_scale: float = _f(0.0, "QAT also switches on once the LR multiplier drops below this "
-                                   "(#1096: 0.5; #1406 lineage: 0.15; 0 = off)", 0.0, 1.0)
+                                   "(0 = off; #1096's 0.5 and #1406's 0.15 reach only their trick projections, not the blocks)", 0.0, 1.0)
     qat_scheme: Literal["export", "baseline", "rowmax"] = _f(
         "export", "per-row scale rule of QAT and the quantization noise in training: export = quant.scheme (the "
         "export's), or a rule of its own where a seed's QAT differs from its export (#927: rowmax in QAT, the "

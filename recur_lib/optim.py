@@ -79,10 +79,10 @@ SCALE_RULES = {
 class Muon(torch.optim.Optimizer):
     """Muon: momentum, Newton-Schulz orthogonalisation, a shape scale, decoupled weight decay.
 
-    `row_normalize` is MuonEq-R (parameter-golf #1217, used by #1406): each row of the momentum
-    update is scaled to unit norm before Newton-Schulz, so rows with large gradients do not dominate
-    the orthogonalised direction. Our reading of the PR text ("row-normalize the update before NS");
-    the PRs' code was not checked.
+    `row_normalize` is MuonEq-R (parameter-golf #1217): each row of the momentum update is scaled to
+    unit norm before Newton-Schulz, so rows with large gradients do not dominate the orthogonalised
+    direction. Our reading of #1217's text ("row-normalize the update before NS"). #1406's README names
+    it; its code has no row normalisation (reference/seeds/1406.json), so seed-1406 leaves it off.
     """
 
     def __init__(self, params: list[torch.Tensor] | list[dict[str, Any]], lr: float, momentum: float = 0.95,

@@ -22,7 +22,8 @@ def exclusive_self_attention(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     y: (B, H, T, hd) attention output; v: (B, KV, T, hd) values. Per head, `y - (y . v_hat) v_hat`
     with v_hat the unit value vector of the same token in the head's KV group, so a token cannot
     simply copy itself and must gather from its context.
-    Source: parameter-golf #927 (last 4 loops) and #1406 (last 4 layers); "exclusive self-attention".
+    Source: parameter-golf #927 (all 7 applications in its code; "last 4 loops" in its README) and #1406
+    (its last 4 blocks); "exclusive self-attention".
     Differences: none intended; applied to the last N schedule steps, or the last N loops with
     `model.last_n_unit = "loops"` (`last_n_mask`), whatever blocks they run.
     Warnings: a step whose attention is mostly on itself loses most of its output.
@@ -81,9 +82,10 @@ class ValueEmbedding(nn.Module):
     """Value embedding: a second token embedding projected to the value width, added to the values.
 
     Re-injects token identity deep into the network, where the residual stream has drifted from it.
-    Used in the last N schedule steps (or loops: `last_n_mask`). Source: parameter-golf #927 (dim 128,
-    last 2 loops), #1406.
-    Differences: one table and one projection shared by all N steps; the projection starts at zero.
+    Used in the last N schedule steps (or loops or blocks: `last_n_mask`), or at chosen steps
+    (`model.ve_steps`). Source: parameter-golf #927 (dim 128, its last 2 applications), #1406 (its last 2
+    blocks), #1096 (steps 9-10 of 14). Differences: one table and one projection shared by all N steps; the
+    projection starts at zero; no learned VE scales (the three PRs have them).
     """
 
     def __init__(self, vocab_size: int, ve_dim: int, kv_dim: int) -> None:
@@ -103,7 +105,7 @@ class UNetSkips:
     last) starts from x + weights[j] * (the most recent pushed output), mirroring encoder and decoder.
 
     Source: the parameter-golf baseline `train_gpt.py` (9 layers: 4 encoder, 5 decoder, 4 skips); #927
-    runs it over the 28 looped steps with 12 encoder steps. Ours counts schedule steps, not blocks, so
+    runs it over its 7 block applications with 3 encoder steps. Ours counts schedule steps, not blocks, so
     a shared block can sit on both sides. When a pass runs another number of steps than training did
     (evaluating at more loops), the encoder side is scaled with it.
     """
@@ -233,10 +235,10 @@ def last_n_mask(steps: Sequence[Step], n: int, unit: str, core_blocks: set[int] 
 
     core_blocks: the blocks of the trained schedule's core (role core or repeat), so a repeat schedule
     run with its repeats off counts its single segment pass as one loop.
-    Source: parameter-golf #927 counts loops (4 blocks x 7: XSA in the last 4 loops = the last 16
-    steps, VE in the last 2 = the last 8); #1406 places them by physical block (XSA on blocks 7-10, VE on
-    9-10, never on its repeated passes of blocks 4-5, which run after the stack). Differences: the coda rule is
-    ours (#927 has no coda). Warnings: with unit "loops", n = 1 on a 1 + 4x3 + 1 schedule already
+    Source: parameter-golf #927 counts its 7 block applications (steps: VE on the last 2; XSA on all 7,
+    where its README says "last 4 loops"); #1406 places them by physical block (XSA on blocks 7-10, VE on
+    9-10, never on its repeated passes of blocks 4-5, which run after the stack). Differences: the
+    "loops" unit and its coda rule are ours. Warnings: with unit "loops", n = 1 on a 1 + 4x3 + 1 schedule already
     selects 5 steps.
     """
     T = len(steps)

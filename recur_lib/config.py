@@ -435,6 +435,7 @@ class Config:
             if not cond:
                 raise ConfigError(msg)
 
+        check_name(self.run.name, "run.name")
         need(m.dim % m.n_heads == 0, f"model.dim = {m.dim} must be divisible by model.n_heads = {m.n_heads}")
         need((m.dim // m.n_heads) % 2 == 0, f"head dim model.dim/model.n_heads = {m.dim // m.n_heads} must be even (RoPE)")
         need(m.n_heads % m.n_kv_heads == 0,
@@ -592,7 +593,7 @@ class Config:
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(json.loads(text, object_pairs_hook=_unique_keys))
 
     def save(self, path: str | Path) -> None:
         atomic_write(path, self.to_json() + "\n")
@@ -604,7 +605,7 @@ class Config:
         fields, whose defaults may not be what it ran with)."""
         path = Path(path)
         try:
-            d = json.loads(path.read_bytes().decode("utf-8"))
+            d = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); a config is a JSON file, as "
                               "Config.save or `recur config show --json` write it") from None
@@ -653,6 +654,25 @@ class Config:
         """Dotted keys whose values differ from `other` (default: the baseline defaults)."""
         a, b = self.to_dict(), (other or Config()).to_dict()
         return {f"{g}.{k}": v for g in a for k, v in a[g].items() if b[g][k] != v}
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys appear once: json would keep the last of two, silently."""
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ConfigError(f"key {k!r} appears twice in one object of the config JSON: keep one")
+        seen.add(k)
+    return dict(pairs)
+
+
+def check_name(name: str, what: str) -> str:
+    """A name that becomes one file or folder name (run.name, `recur eval --name`): not empty, no path
+    separator, not '.' or '..', so nothing is written outside the folder meant for it."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise ConfigError(f"{what} = {name!r}: must be one folder or file name (not empty, '.' or '..', no '/' "
+                          "or '\\'); use run.out_dir or --run-dir to choose where it goes")
+    return name
 
 
 def all_keys() -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import Config
+from .config import Config, check_name
 from .data.bpb import ByteTables, count_bytes_torch
 from .device import Runtime, all_reduce_sum, autocast
 from .paths import atomic_write
@@ -308,6 +308,7 @@ def evaluate_run(run_dir: str | Path, cfg: Config | None = None, artifact: str |
     from .model import build_model
 
     run_dir = Path(run_dir)
+    check_name(out_name, "the evaluation's name (--name)")
     art_path = Path(artifact) if artifact else run_dir / ("model.rgolf" if out_name == "eval" else f"{out_name}.rgolf")
     out_path = run_dir / f"{out_name}.json"
     check_artifact_target(art_path, overwrite_artifact)

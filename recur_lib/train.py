@@ -504,6 +504,13 @@ def _restore(job: Job) -> TrainState:
     """Continue from ckpt.pt: weights, optimizer and averager state, loader position, RNG, the
     divergence monitor; metrics.jsonl goes back to the checkpoint's step."""
     ck = job.run.load_checkpoint(job.rt.device)
+    saved_world = ck.get("world_size")  # checkpoints written before it was recorded do not say
+    if saved_world is not None and saved_world != job.rt.world_size:
+        # each rank reads its own slice of every batch, and the loader's position and the RNG are the world's:
+        # another world size would continue on other tokens and end at another val_bpb
+        raise ValueError(f"{job.run.checkpoint_path} was written by a {saved_world}-process run; this one has "
+                         f"{job.rt.world_size}: resume it with `torchrun --nproc_per_node {saved_world}` (run.nproc "
+                         f"= {saved_world}), or --force to move the folder aside and train anew")
     job.model.load_state_dict(ck["model"])
     job.opt.load_state_dict(ck["optim"])
     job.averager.load_state_dict(ck["averager"])
@@ -610,7 +617,7 @@ def _checkpoint(job: Job, state: TrainState) -> None:
     if job.rt.is_main:
         job.run.save_checkpoint({**asdict(state), "model": job.model.state_dict(), "optim": job.opt.state_dict(),
                                  "averager": job.averager.state_dict(), "loader": job.loader.state_dict(),
-                                 "rng": device.rng_state(job.rt)})
+                                 "rng": device.rng_state(job.rt), "world_size": job.rt.world_size})
     if job.rt.distributed:
         dist.barrier()
 

@@ -201,3 +201,22 @@ def test_a_warmdown_as_long_as_the_run_is_named(capsys: pytest.CaptureFixture) -
     assert lines[-1] == f"# warning: {w}"
     assert main(["config", "show", "--preset", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_config_json_with_a_key_twice_is_refused(tmp_path) -> None:
+    text = Config().to_json().replace('"dim": 512,', '"dim": 512, "dim": 256,', 1)
+    with pytest.raises(ConfigError, match="key 'dim' appears twice"):
+        Config.from_json(text)
+    (tmp_path / "twice.json").write_text(text)
+    with pytest.raises(ConfigError, match="key 'dim' appears twice"):
+        Config.load(tmp_path / "twice.json")
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "a\\b"])
+def test_a_name_that_is_not_one_folder_name_is_refused(name: str, tmp_path) -> None:
+    from recur_lib.evaluate import evaluate_run
+    with pytest.raises(ConfigError, match=r"run.name = .*: must be one folder or file name"):
+        Config.from_name("smoke", {"run.name": name})
+    with pytest.raises(ConfigError, match=r"--name\) = .*: must be one folder or file name"):
+        evaluate_run(tmp_path, out_name=name)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written

@@ -39,6 +39,17 @@ def test_parameters_go_where_declared_and_typos_fail_before_running() -> None:
             notebook_parameters("quick", NOTEBOOKS, bad)
 
 
+def test_an_override_of_a_field_the_notebooks_set_themselves_is_refused(capsys) -> None:
+    """`recur workbook --set run.seed=102` would be recorded in the published parameters and not used."""
+    from recur_lib.cli import main
+    with pytest.raises(ValueError, match=r"overrides \['run.seed'\]: the notebooks set these themselves.*--seeds"):
+        notebook_parameters("quick", NOTEBOOKS, {"overrides": {"run.seed": 102, "train.iterations": 5}})
+    assert main(["workbook", "--preset", "smoke", "--set", "run.seed=102", "--results", "/nonexistent/x"]) == 2
+    assert "choose seeds with --seeds" in capsys.readouterr().err
+    assert notebook_parameters("quick", NOTEBOOKS, {"overrides": {"train.iterations": 5}})["30_loop_scaling"][
+        "overrides"] == {"train.iterations": 5}
+
+
 @pytest.fixture(scope="module")
 def workbook(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("results")

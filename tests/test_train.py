@@ -96,6 +96,26 @@ def test_resume_reproduces_the_uninterrupted_run_bitwise(tiny_data: Path, tmp_pa
     assert resumed.summary["final_val_bpb"] == straight.summary["final_val_bpb"]
 
 
+def test_a_checkpoint_of_another_world_size_is_refused_and_kept(tiny_data: Path, tmp_path: Path) -> None:
+    """A 2-process run resumed by 1 process would read other tokens per step (each rank its slice) and end at
+    another val_bpb: refused, naming both sizes and the command, with the checkpoint and metrics untouched."""
+    cfg = cfg_for(tiny_data, tmp_path, "world", iterations=8)
+    half = train(cfg, stop_at_step=4)
+    ck_path = half.run_dir / "ckpt.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    assert ck["world_size"] == 1
+    ck["world_size"] = 2
+    torch.save(ck, ck_path)
+    before = (ck_path.read_bytes(), (half.run_dir / "metrics.jsonl").read_bytes())
+    with pytest.raises(ValueError, match=r"written by a 2-process run; this one has 1: resume it with "
+                                         r"`torchrun --nproc_per_node 2`"):
+        train(cfg, resume=True)
+    assert (ck_path.read_bytes(), (half.run_dir / "metrics.jsonl").read_bytes()) == before
+    ck["world_size"] = 1
+    torch.save(ck, ck_path)
+    assert train(cfg, resume=True).status == "finished"
+
+
 def test_crash_after_a_checkpoint_resumes_from_it(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     straight = train(cfg_for(tiny_data, tmp_path, "straight", iterations=9, **RICH))
     cfg = cfg_for(tiny_data, tmp_path, "crash", iterations=9, **{**RICH, "train.ckpt_every": 4})

@@ -57,6 +57,12 @@ def declared_parameters(name: str) -> set[str]:
     return set(pm.inspect_notebook(str(PROJECT_ROOT / "notebooks" / f"{name}.ipynb")))
 
 
+# Config fields the notebooks (through runs.sweep) set for every run, and what to use instead.
+NOTEBOOK_SET = {"run.seed": "choose seeds with --seeds (the notebooks' `seeds` parameter)",
+                "run.name": "the runner names each run by its arm and config",
+                "run.out_dir": "runs go to the notebooks' `runs_dir` parameter (--param runs_dir=...)"}
+
+
 def notebook_parameters(preset: str, notebooks: tuple[str, ...], parameters: dict[str, Any] | None = None
                         ) -> dict[str, dict[str, Any]]:
     """Per notebook, the parameters it receives: the preset's defaults, then `parameters` ("name" for
@@ -64,6 +70,12 @@ def notebook_parameters(preset: str, notebooks: tuple[str, ...], parameters: dic
     before anything runs, so a typo never silently runs the defaults for hours."""
     declared = {nb: declared_parameters(nb) for nb in notebooks}
     given = [(key, *key.rpartition(":")[::2], value) for key, value in (parameters or {}).items()]  # key, nb, name
+    for key, _, name, value in given:
+        if name == "overrides" and isinstance(value, dict):
+            if clash := sorted(set(value) & set(NOTEBOOK_SET)):
+                raise ValueError(f"overrides {clash}: the notebooks set these themselves for every run, so the "
+                                 "override would be recorded and not used; "
+                                 + "; ".join(f"{k}: {NOTEBOOK_SET[k]}" for k in clash))
     for key, nb, name, _ in given:
         if nb and nb not in notebooks:
             raise ValueError(f"parameter {key!r}: no notebook {nb!r} in this workbook ({', '.join(notebooks)})")

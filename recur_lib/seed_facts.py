@@ -204,7 +204,7 @@ def format_comparison(preset: str, cfg: Config | None = None, all_fields: bool =
     n_close = sum(r.closest for r in rows)
     lines = [f"# {preset} against #{facts.pr}'s code at {facts.head[:10]} ({facts.folder}){part}",
              f"# {len(rows)} fields, {len(rows) - n_dev} as the PR ran them ({n_close} of those the closest our config "
-             f"has, ~), {n_dev} deviations (!)"]
+             f"has, ~), {n_dev} deviation{'' if n_dev == 1 else 's'} (!)"]
     w = max(len(r.key) for r in rows)
     for r in rows:
         if not all_fields and not r.differs:

@@ -80,8 +80,8 @@ class ModelConfig(_Group):
     tied_embed_init_std: float = _f(0.005, "init std of the tied embedding", 0.0, 1.0)
     qk_gain_init: float = _f(1.5, "init of the per-head query gain (baseline 1.5; #1406 uses 5.0)", 0.0, 100.0)
     use_unet_skips: bool = _f(True, "U-Net skips from the first half of schedule steps to the mirrored second half")
-    unet_encoder_steps: int = _f(0, "schedule steps on the encoder side of the U-Net, 0 = half (#927: 3 of its 7; #1406: 5 of 13)",
-                                 0, 4096)
+    unet_encoder_steps: int = _f(0, "schedule steps on the encoder side of the U-Net, 0 = half (#927: 3 of its 7; "
+                                 "#1406: 5 of 13)", 0, 4096)
     xsa_last_n: int = _f(0, "exclusive self-attention in the last N schedule steps (#927: all 7)", 0, 1024)
     ve_last_n: int = _f(0, "value embedding added to attention values in the last N steps (#927: 2)", 0, 1024)
     ve_steps: tuple[int, ...] = _f((), "schedule steps that add the value embedding, instead of the last ve_last_n "
@@ -168,7 +168,8 @@ class TrainConfig(_Group):
     ema_decay: float = _f(0.0, "EMA of weights, 0 = off (#1406 uses EMA)", 0.0, 1.0)
     ema_horizon_frac: float = _f(0.0, "EMA horizon 1/(1 - decay) as a fraction of train.iterations (> 0 overrides "
                                  "ema_decay: 0.997 is a 333-step horizon, more than a 250-step run)", 0.0, 1.0)
-    swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927's SWA_START_FRAC is an LR threshold: swa_below_lr_scale)", 0.0, 1.0)
+    swa_start_frac: float = _f(0.0, "SWA from this fraction of training, 0 = off (#927's SWA_START_FRAC is an LR "
+                               "threshold: swa_below_lr_scale)", 0.0, 1.0)
     swa_every: int = _f(50, "SWA snapshot interval in steps (#927: 50)", 1, None)
     swa_below_lr_scale: float = _f(0.0, "SWA snapshots only while the LR multiplier is below this, every swa_every "
                                    "steps (0 = off; the #927 and #1406 lineage: 0.2)", 0.0, 1.0)
@@ -244,7 +245,8 @@ class QuantConfig(_Group):
     qat_bits: Literal[0, 3, 4, 5, 6, 8] = _f(0, "STE fake-quant bits during training, 0 = off (#927: 6)")
     qat_start_frac: float = _f(0.0, "QAT switches on after this fraction of training (#927: 0, from the start)", 0.0, 1.0)
     qat_below_lr_scale: float = _f(0.0, "QAT also switches on once the LR multiplier drops below this "
-                                   "(0 = off; #1096's 0.5 and #1406's 0.15 reach only their trick projections, not the blocks)", 0.0, 1.0)
+                                   "(0 = off; #1096's 0.5 and #1406's 0.15 reach only their trick projections, not "
+                                   "the blocks)", 0.0, 1.0)
     qat_scheme: Literal["export", "baseline", "rowmax"] = _f(
         "export", "per-row scale rule of QAT and the quantization noise in training: export = quant.scheme (the "
         "export's), or a rule of its own where a seed's QAT differs from its export (#927: rowmax in QAT, the "
@@ -657,12 +659,12 @@ class Config:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys appear once: json would keep the last of two, silently."""
-    seen: set[str] = set()
-    for k, _ in pairs:
-        if k in seen:
-            raise ConfigError(f"key {k!r} appears twice in one object of the config JSON: keep one")
-        seen.add(k)
+    """json.loads' object_pairs_hook for an object whose keys appear once: json would keep the last of two,
+    silently (config files here; the seeds' facts files in seed_facts)."""
+    keys = [k for k, _ in pairs]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ConfigError(f"duplicate keys {dup}: key {dup[0]!r} appears twice in one JSON object; keep one")
     return dict(pairs)
 
 

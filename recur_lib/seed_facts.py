@@ -20,12 +20,11 @@ that no longer differ; tests/test_seed_facts.py keeps it empty for every preset 
 from __future__ import annotations
 
 import json
-import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .config import _GROUPS, Config, ConfigError, _check_value, all_keys
+from .config import _GROUPS, Config, ConfigError, _check_value, _hints, _unique_keys, all_keys
 from .paths import PROJECT_ROOT
 from .presets import DEVIATIONS, FOLLOWS, PR_HEADS, PR_URL, PRESETS
 
@@ -67,18 +66,6 @@ class Facts:
     scope: str              # "full": every field we can express; "band": only those of the part a preset takes
     extra: dict[str, Any]   # anything else the file records (e.g. the parts of a record stack left out)
 
-    @property
-    def source_url(self) -> str:
-        return f"https://github.com/openai/parameter-golf/blob/{self.head}/{self.folder}"
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    dup = sorted({k for k in keys if keys.count(k) > 1})
-    if dup:
-        raise FactsError(f"duplicate keys {dup}: each key may appear once")
-    return dict(pairs)
-
 
 def _fact(path: Path, name: str, raw: Any) -> Fact:
     if not isinstance(raw, dict) or "value" not in raw or not isinstance(raw.get("where"), str) or not raw["where"]:
@@ -91,7 +78,7 @@ def _fact(path: Path, name: str, raw: Any) -> Fact:
 def _field_types() -> dict[str, tuple[Any, Any]]:
     out = {}
     for g, cls in _GROUPS.items():
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         for f in fields(cls):
             out[f"{g}.{f.name}"] = (hints[f.name], f.metadata)
     return out
@@ -104,11 +91,13 @@ def load_facts(pr: int, path: str | Path | None = None) -> Facts:
         raise FactsError(f"#{pr} has no facts: the PRs followed are {sorted(PR_HEADS)}")
     path = Path(path) if path is not None else FACTS_DIR / f"{pr}.json"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicates)
+        raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise FactsError(f"{path}: no facts file for #{pr}; it is part of the checkout (reference/seeds/)") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FactsError(f"{path}: not a JSON facts file ({e})") from None
+    except ConfigError as e:  # a key given twice
+        raise FactsError(f"{path}: {e}") from None
     if not isinstance(raw, dict):
         raise FactsError(f"{path}: a facts file is a JSON object, got {type(raw).__name__}")
     if raw.get("pr") != pr:
@@ -167,20 +156,25 @@ def followed_pr(preset: str) -> int:
     return FOLLOWS[preset]
 
 
+def _facts_and_rows(preset: str, cfg: Config | None = None) -> tuple[Facts, list[Row]]:
+    """The followed PR's facts, read once, and the rows `compare` returns."""
+    facts, dev = load_facts(followed_pr(preset)), DEVIATIONS.get(preset, {})
+    cfg = cfg if cfg is not None else Config.from_name(preset)
+    return facts, [Row(k, _value(cfg, k), f.value, f.where, dev.get(k, ""), f.closest) for k, f in facts.fields.items()]
+
+
 def compare(preset: str, cfg: Config | None = None) -> list[Row]:
     """Every field of the PR's facts: our preset's value (or cfg's, e.g. the preset with overrides), the PR's,
     where it is written, and the named deviation's reason where they differ."""
-    facts, dev = load_facts(followed_pr(preset)), DEVIATIONS.get(preset, {})
-    cfg = cfg if cfg is not None else Config.from_name(preset)
-    return [Row(k, _value(cfg, k), f.value, f.where, dev.get(k, ""), f.closest) for k, f in facts.fields.items()]
+    return _facts_and_rows(preset, cfg)[1]
 
 
 def unexplained(preset: str) -> list[str]:
     """What the check refuses: a difference from the PR that no deviation names, a deviation whose
     reason is not one of REASONS, a deviation on a field that does not differ, a deviation on a field the
     facts do not cover, and a facts file that leaves out a field it should cover."""
-    rows, pr = compare(preset), followed_pr(preset)
-    dev = DEVIATIONS.get(preset, {})
+    facts, rows = _facts_and_rows(preset)
+    pr, dev = facts.pr, DEVIATIONS.get(preset, {})
     out = [f"{r.key}: ours {r.ours!r}, #{pr}'s {r.theirs!r} ({r.where}) and no deviation names it"
            for r in rows if r.differs and not r.reason]
     out += [f"{r.key}: a deviation, but ours equals #{pr}'s {r.theirs!r}" for r in rows if r.reason and not r.differs]
@@ -188,17 +182,16 @@ def unexplained(preset: str) -> list[str]:
     out += [f"{k}: a deviation on a field the facts do not cover" for k in dev if k not in covered]
     out += [f"{k}: deviation reason {why!r} must start with one of {list(REASONS)} and a colon"
             for k, why in dev.items() if not any(why.startswith(r + ": ") for r in REASONS)]
-    if load_facts(pr).scope == "full":
+    if facts.scope == "full":
         must = {k for k in all_keys() if k.split(".")[0] in FACT_GROUPS and k not in OPERATIONAL}
         out += [f"{k}: the facts file of #{pr} leaves it out" for k in sorted(must - covered)]
     return out
 
 
-def format_comparison(preset: str, cfg: Config | None = None, all_fields: bool = True) -> str:
+def format_comparison(preset: str, cfg: Config | None = None) -> str:
     """Per field: ours, the PR's, where the PR's value is written; deviations marked '!' with their reason
     (a difference cfg adds to the preset: "overridden here"), values that are the closest our config has '~'."""
-    facts = load_facts(followed_pr(preset))
-    rows = compare(preset, cfg)
+    facts, rows = _facts_and_rows(preset, cfg)
     n_dev = sum(r.differs for r in rows)
     part = " (the fields of the part it takes)" if facts.scope == "band" else ""
     n_close = sum(r.closest for r in rows)
@@ -207,15 +200,15 @@ def format_comparison(preset: str, cfg: Config | None = None, all_fields: bool =
              f"has, ~), {n_dev} deviation{'' if n_dev == 1 else 's'} (!)"]
     w = max(len(r.key) for r in rows)
     for r in rows:
-        if not all_fields and not r.differs:
-            continue
         mark = "!" if r.differs else "~" if r.closest else " "
         line = f"{mark} {r.key:<{w}}  ours {r.ours!r:<14} PR {r.theirs!r:<14} {r.where}"
-        note = (r.reason or "overridden here, not the PR's value") if r.differs else "closest: " + facts.fields[r.key].note[:200] if r.closest else ""
+        if r.differs:
+            note = r.reason or "overridden here, not the PR's value"
+        else:
+            note = "closest: " + facts.fields[r.key].note[:200] if r.closest else ""
         lines.append(line + (f"\n    {note}" if note else ""))
     if facts.not_expressible:
-        lines.append(f"# not expressible here ({len(facts.not_expressible)}): "
-                     + "; ".join(_label(str(n.get("what", ""))) for n in facts.not_expressible))
+        lines.append(f"# not expressible here ({len(facts.not_expressible)}): {_not_expressible_labels(facts)}")
     if facts.extra.get("stack_not_included"):
         lines.append(f"# the rest of #{facts.pr}'s stack, left out ({len(facts.extra['stack_not_included'])} parts): "
                      f"reference/seeds/{facts.pr}.json stack_not_included")
@@ -235,28 +228,31 @@ def _label(text: str) -> str:
     return label if len(label) <= 80 else label[:77].rstrip() + "..."
 
 
+def _not_expressible_labels(facts: Facts) -> str:
+    return "; ".join(_label(str(n.get("what", ""))) for n in facts.not_expressible)
+
+
 def sources_markdown() -> str:
     """The README's provenance block: per preset that follows a PR, its head, how many fields are as the
     PR's code ran them, the run length and parameter count from the PR's logs, every deviation by reason,
     and the parts our config cannot express (in full in the facts file)."""
     lines = []
     for preset in FOLLOWS:
-        facts = load_facts(FOLLOWS[preset])
-        rows = compare(preset)
+        facts, rows = _facts_and_rows(preset)
         devs = [r for r in rows if r.differs]
         part = " of the loop band" if facts.scope == "band" else ""
         close = [r.key for r in rows if r.closest and not r.differs]
+        closest = f" ({', '.join(f'`{k}`' for k in close)} the closest our config has)" if close else ""
         lines.append(f"- **{preset}** ([#{facts.pr}]({PR_URL.format(facts.pr)}) at `{facts.head[:10]}`, "
                      f"`{facts.folder.rsplit('/', 1)[-1]}`): {len(rows) - len(devs)} of {len(rows)} fields{part} as "
-                     f"its code ran them" + (f" ({', '.join(f'`{k}`' for k in close)} the closest our config has)"
-                                             if close else "") + f"; its full run {facts.run_steps.value:,} steps ({facts.run_steps.where}), "
-                     f"{facts.params.value:,} parameters ({facts.params.where})")
+                     f"its code ran them{closest}; its full run {facts.run_steps.value:,} steps "
+                     f"({facts.run_steps.where}), {facts.params.value:,} parameters ({facts.params.where})")
         for reason in REASONS:
             group = [r for r in devs if r.reason.startswith(reason + ": ")]
             if group:
-                lines.append(f"  - {reason}: " + "; ".join(
-                    f"`{r.key}` ours {_fmt(r.ours)}, PR {_fmt(r.theirs)} ({r.reason[len(reason) + 2:]})" for r in group))
+                lines.append(f"  - {reason}: " + "; ".join(f"`{r.key}` ours {_fmt(r.ours)}, PR {_fmt(r.theirs)} "
+                                                         f"({r.reason[len(reason) + 2:]})" for r in group))
         if facts.not_expressible:
-            lines.append(f"  - not expressible ({len(facts.not_expressible)}, in full in `reference/seeds/{facts.pr}.json`): "
-                         + "; ".join(_label(str(n.get("what", ""))) for n in facts.not_expressible))
+            lines.append(f"  - not expressible ({len(facts.not_expressible)}, in full in "
+                         f"`reference/seeds/{facts.pr}.json`): {_not_expressible_labels(facts)}")
     return "\n".join(lines)

@@ -14,25 +14,9 @@ from recur_lib.model.tricks import last_n_mask
 from recur_lib.optim import Optimizers
 from recur_lib.train import WeightAverager, lr_scale, repeats_on
 
-TINY = {"model.vocab_size": 64, "model.dim": 32, "model.n_heads": 4, "model.n_kv_heads": 2}
+from test_model import make, tiny, tokens
+
 CONTROLS = ("attn_scale", "mlp_scale", "resid_mix", "q_gain")
-
-
-def tiny(**over) -> Config:
-    return Config.from_name("smoke", {**TINY, **over})
-
-
-def perturbed(cfg: Config, seed: int = 0):
-    torch.manual_seed(seed)
-    m = build_model(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
-
-
-def x_tokens() -> torch.Tensor:
-    return torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
 
 
 HYBRID = {"schedule.kind": "hybrid", "schedule.n_prelude": 1, "schedule.n_core": 2, "schedule.n_loops": 3,
@@ -45,7 +29,7 @@ def _block_control(block, name: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("names", [CONTROLS, ("attn_scale", "mlp_scale", "resid_mix")], ids=["all", "927"])
 def test_step_controls_holding_each_blocks_values_compute_the_blocks_forward_bitwise(names) -> None:
-    plain = perturbed(tiny(**HYBRID))
+    plain = make(tiny(**HYBRID), perturb=0.05)
     steps = build_model(tiny(**HYBRID, **{"model.step_controls": names})).eval()
     own = {k: v for k, v in plain.state_dict().items() if k in steps.state_dict()}
     steps.load_state_dict(own, strict=False)
@@ -55,7 +39,7 @@ def test_step_controls_holding_each_blocks_values_compute_the_blocks_forward_bit
                 steps.step_controls[name][i].copy_(_block_control(plain.blocks[st.block], name))
     assert "q_gain" in names or steps.blocks[1].attn.q_gain is not None
     assert all(getattr(steps.blocks[1], n, None) is None for n in names if n != "q_gain")
-    x = x_tokens()
+    x = tokens()
     assert torch.equal(steps(x), plain(x))
     with torch.no_grad():  # and a shared block's applications can now differ: one row changes one application
         steps.step_controls["attn_scale"][3].zero_()
@@ -74,12 +58,13 @@ def test_step_controls_are_routed_to_adam_and_refused_with_a_birkhoff_mix_or_a_t
 
 
 def test_a_cyclic_schedule_over_whole_passes_is_the_looped_one() -> None:
-    looped = perturbed(tiny(**{**HYBRID, "schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_coda": 0}))
+    looped = make(tiny(**{**HYBRID, "schedule.kind": "looped", "schedule.n_prelude": 0, "schedule.n_coda": 0}),
+                  perturb=0.05)
     cyclic = build_model(tiny(**{**HYBRID, "schedule.kind": "cyclic", "schedule.n_prelude": 0, "schedule.n_coda": 0,
                                  "schedule.n_loops": 6})).eval()
     cyclic.load_state_dict(looped.state_dict())
     assert [(s.block, s.loop) for s in cyclic.steps] == [(s.block, s.loop) for s in looped.steps]
-    x = x_tokens()
+    x = tokens()
     assert torch.equal(cyclic(x), looped(x))
     with pytest.raises(ConfigError, match="fewer applications than blocks"):
         tiny(**{"schedule.kind": "cyclic", "schedule.n_core": 4, "schedule.n_loops": 3, "schedule.n_prelude": 0,

@@ -90,6 +90,14 @@ class StepControls:
     q_gain: torch.Tensor | None = None      # (n_heads,)
 
 
+def control_init(name: str, dim: int, n_heads: int, qk_gain_init: float) -> torch.Tensor:
+    """A block's control tensor at init: branch scales 1, resid_mix [x, x0] = [1, 0] (the block starts as
+    the stream itself), the query gain qk_gain_init per head. `model.step_controls` tables repeat it per step."""
+    return {"attn_scale": lambda: torch.ones(dim), "mlp_scale": lambda: torch.ones(dim),
+            "resid_mix": lambda: torch.stack((torch.ones(dim), torch.zeros(dim))),
+            "q_gain": lambda: torch.full((n_heads,), qk_gain_init)}[name]()
+
+
 def _control(own: torch.Tensor | None, c: StepControls | None, name: str) -> torch.Tensor:
     """The block's control tensor `name`, or the step's where it has its own."""
     step = getattr(c, name) if c is not None else None
@@ -122,7 +130,7 @@ class CausalSelfAttention(nn.Module):
         self.o = QLinear(dim, dim, bias=False)
         nn.init.zeros_(self.o.weight)  # the block starts as identity
         # with model.step_controls the steps hold the query gains (StepControls), not the block
-        self.q_gain = nn.Parameter(torch.full((n_heads,), qk_gain_init)) if own_q_gain else None
+        self.q_gain = nn.Parameter(control_init("q_gain", dim, n_heads, qk_gain_init)) if own_q_gain else None
         self.rotary = Rotary(self.head_dim, rope_base, rope_dims)
 
     def forward(self, x: torch.Tensor, extras: StepExtras | None = None) -> torch.Tensor:
@@ -183,13 +191,14 @@ class Block(nn.Module):
                                         own_q_gain="q_gain" not in step_controls)
         self.mlp = MLP(dim, mlp_hidden, mlp_act)
         # the controls named in step_controls (model.step_controls) come with each step's StepControls instead
-        self.attn_scale = nn.Parameter(torch.ones(dim)) if "attn_scale" not in step_controls else None
-        self.mlp_scale = nn.Parameter(torch.ones(dim)) if "mlp_scale" not in step_controls else None
+        def own(name: str) -> nn.Parameter | None:
+            return None if name in step_controls else nn.Parameter(control_init(name, dim, n_heads, qk_gain_init))
+        self.attn_scale, self.mlp_scale = own("attn_scale"), own("mlp_scale")
         self.mix_logit = self.resid_mix = None
         if birkhoff:
             self.mix_logit = nn.Parameter(torch.zeros(1))  # sigmoid(0) = 0.5: half stream, half x0 (#1096)
-        elif "resid_mix" not in step_controls:
-            self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # (2, dim): [x, x0]
+        else:
+            self.resid_mix = own("resid_mix")  # (2, dim): [x, x0]
         self.out_norm = output_norm  # Output-LN: norm the branch outputs, not their inputs
         self.ln_scale = ln_scale
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import Config
-from .blocks import Block, StepControls, StepExtras, rms_norm
+from .blocks import Block, StepControls, StepExtras, control_init, rms_norm
 from .fused import softcap_cross_entropy
 from .lora import LoopLoRA
 from .schedule import Step, build_schedule, format_schedule, n_unique_blocks, shared_blocks
@@ -91,10 +91,8 @@ class RecurGPT(nn.Module):
         self.step_controls = None
         if m.step_controls:
             n = len(self.steps)
-            init = {"attn_scale": lambda: torch.ones(n, d), "mlp_scale": lambda: torch.ones(n, d),
-                    "resid_mix": lambda: torch.stack((torch.ones(n, d), torch.zeros(n, d)), dim=1),
-                    "q_gain": lambda: torch.full((n, m.n_heads), m.qk_gain_init)}
-            self.step_controls = nn.ParameterDict({k: nn.Parameter(init[k]()) for k in m.step_controls})
+            self.step_controls = nn.ParameterDict({k: nn.Parameter(torch.stack(
+                [control_init(k, d, m.n_heads, m.qk_gain_init)] * n)) for k in m.step_controls})
 
     def _key(self, st: Step) -> tuple[int, int] | None:
         if st.block not in self.max_loop:

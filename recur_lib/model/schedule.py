@@ -30,8 +30,6 @@ class Step:
 def n_unique_blocks(s: ScheduleConfig) -> int:
     if s.kind in ("flat", "repeat"):
         return s.n_layers
-    if s.kind == "cyclic":
-        return s.n_core
     return s.n_prelude + s.n_core + s.n_coda
 
 
